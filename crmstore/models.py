@@ -1,0 +1,262 @@
+"""Tables of the CRM store: the CRM itself and what syncd keeps about mailboxes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
+
+# Constraint names are fixed so that Alembic migrations can refer to them on
+# every database.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+RECORD_KINDS = ("activity", "offer", "delivery")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Organisation(Base):
+    __tablename__ = "organisations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    persons: Mapped[list[Person]] = relationship(back_populates="organisation")
+
+
+class Person(Base):
+    """A contact person at an organisation, with one or more email addresses."""
+
+    __tablename__ = "persons"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisations.id"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    organisation: Mapped[Organisation] = relationship(back_populates="persons")
+    addresses: Mapped[list[PersonAddress]] = relationship(
+        back_populates="person", cascade="all, delete-orphan"
+    )
+
+
+class PersonAddress(Base):
+    """One email address of a person; lower-cased, unique across all persons."""
+
+    __tablename__ = "person_addresses"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("persons.id"), index=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+
+    person: Mapped[Person] = relationship(back_populates="addresses")
+
+
+class CrmUser(Base):
+    """A member of staff whose mailbox syncd may sync; their address decides direction."""
+
+    __tablename__ = "crm_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Record(Base):
+    """An activity, offer or delivery: the records that correspondence is filed against."""
+
+    __tablename__ = "records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisations.id"), index=True)
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("persons.id"), nullable=True)
+    title: Mapped[str] = mapped_column(String(500))
+    tracking_code: Mapped[str] = mapped_column(String(24), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    organisation: Mapped[Organisation] = relationship()
+    person: Mapped[Person | None] = relationship()
+
+
+class Correspondence(Base):
+    """One filed mail, however many mailboxes it came from.
+
+    `message_key` deduplicates: "mid:" plus the Message-ID, or "sha256:" plus
+    a hash of sender, date, subject and body when the mail has no Message-ID.
+    """
+
+    __tablename__ = "correspondence"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_key: Mapped[str] = mapped_column(String(1000), unique=True)
+    message_id: Mapped[str | None] = mapped_column(String(998), nullable=True)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    sender: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    sender_name: Mapped[str] = mapped_column(String(255), default="")
+    #: Lists of {"email": …, "name": …}.
+    to_addresses: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    cc_addresses: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    direction: Mapped[str] = mapped_column(String(16))
+    body_text: Mapped[str] = mapped_column(Text, default="")
+    in_reply_to: Mapped[str | None] = mapped_column(String(998), nullable=True)
+    references: Mapped[list[str]] = mapped_column(JSON, default=list)
+    raw_format: Mapped[str] = mapped_column(String(8), default="eml")
+    raw_mime: Mapped[bytes | None] = deferred(mapped_column(LargeBinary, nullable=True))
+    filed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    links: Mapped[list[CorrespondenceLink]] = relationship(
+        back_populates="correspondence", cascade="all, delete-orphan", order_by="CorrespondenceLink.id"
+    )
+    sources: Mapped[list[ProcessedItem]] = relationship(
+        back_populates="correspondence", order_by="ProcessedItem.id"
+    )
+
+
+class CorrespondenceLink(Base):
+    """A correspondence filed against a record, organisation or person, and how."""
+
+    __tablename__ = "correspondence_links"
+    __table_args__ = (
+        UniqueConstraint("correspondence_id", "target_kind", "target_id", "matched_by"),
+        Index("ix_correspondence_links_target", "target_kind", "target_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    correspondence_id: Mapped[int] = mapped_column(ForeignKey("correspondence.id", ondelete="CASCADE"))
+    #: activity, offer, delivery, organisation or person.
+    target_kind: Mapped[str] = mapped_column(String(16))
+    target_id: Mapped[int] = mapped_column(Integer)
+    matched_by: Mapped[str] = mapped_column(String(16))
+
+    correspondence: Mapped[Correspondence] = relationship(back_populates="links")
+
+
+class Mailbox(Base):
+    """An enrolled mailbox; `config` holds backend settings and never a secret."""
+
+    __tablename__ = "mailboxes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), unique=True)
+    backend: Mapped[str] = mapped_column(String(16))
+    role: Mapped[str] = mapped_column(String(16), default="sync")
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: "ok" or "failing"; see last_error.
+    state: Mapped[str] = mapped_column(String(16), default="ok")
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_sync_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_success_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    folders: Mapped[list[MailboxFolder]] = relationship(
+        back_populates="mailbox", cascade="all, delete-orphan", order_by="MailboxFolder.id"
+    )
+
+
+class MailboxFolder(Base):
+    """A sync folder of a mailbox and its cursor.
+
+    `sync_state` is opaque to syncd (an EWS SyncState or a Graph deltaLink) and
+    only valid for the backend named in `backend`.
+    """
+
+    __tablename__ = "mailbox_folders"
+    __table_args__ = (UniqueConstraint("mailbox_id", "folder_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))
+    folder_key: Mapped[str] = mapped_column(String(1000))
+    name: Mapped[str] = mapped_column(String(255))
+    backend: Mapped[str] = mapped_column(String(16))
+    sync_state: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    mailbox: Mapped[Mailbox] = relationship(back_populates="folders")
+
+
+class UnmatchedMail(Base):
+    """A mail that could not be filed, kept whole with the reason.
+
+    `outcome` is "unmatched" (parsed, but nothing to file it against) or
+    "failed" (a stage broke or a limit was exceeded). `state` moves from "open"
+    to "assigned" or "dismissed"; rows are never deleted by syncd.
+    """
+
+    __tablename__ = "unmatched_mail"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_key: Mapped[str | None] = mapped_column(String(1000), nullable=True, index=True)
+    message_id: Mapped[str | None] = mapped_column(String(998), nullable=True)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    sender: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    raw_format: Mapped[str] = mapped_column(String(8), default="eml")
+    raw_mime: Mapped[bytes | None] = deferred(mapped_column(LargeBinary, nullable=True))
+    state: Mapped[str] = mapped_column(String(16), default="open")
+    correspondence_id: Mapped[int | None] = mapped_column(
+        ForeignKey("correspondence.id"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ProcessedItem(Base):
+    """The processed-item ledger: one row per mailbox item syncd has recorded.
+
+    The row is written in the same transaction as the correspondence or
+    unmatched row it points to, so an item is recorded exactly once. Rows that
+    point to a correspondence are that correspondence's sources.
+    `feedback_pending` stays true until the backend has shown the outcome to
+    the user.
+    """
+
+    __tablename__ = "processed_items"
+    __table_args__ = (UniqueConstraint("mailbox", "folder_key", "item_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: Mailbox address, or "import" for files given to `syncd import`.
+    mailbox: Mapped[str] = mapped_column(String(320))
+    folder_key: Mapped[str] = mapped_column(String(1000))
+    folder_name: Mapped[str] = mapped_column(String(1000), default="")
+    item_id: Mapped[str] = mapped_column(String(1000))
+    outcome: Mapped[str] = mapped_column(String(16))
+    correspondence_id: Mapped[int | None] = mapped_column(
+        ForeignKey("correspondence.id"), nullable=True, index=True
+    )
+    unmatched_id: Mapped[int | None] = mapped_column(ForeignKey("unmatched_mail.id"), nullable=True)
+    feedback_pending: Mapped[bool] = mapped_column(Boolean, default=True)
+    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    correspondence: Mapped[Correspondence | None] = relationship(back_populates="sources")

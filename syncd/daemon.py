@@ -1,0 +1,199 @@
+"""The long-running daemon: one scheduled job per enabled mailbox.
+
+APScheduler runs each mailbox's pass at the configured interval with jitter,
+never two passes of one mailbox at once. A reconcile job picks up
+enrolments, removals and disabled mailboxes without a restart. SIGTERM and
+SIGINT let the pass in hand finish its current item, then the daemon exits
+0; SIGHUP reloads the settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import select
+
+from crmstore import db
+from crmstore.models import Mailbox
+from syncd.backends import open_backend
+from syncd.backends.base import MailboxBackend
+from syncd.errors import ConfigError, SyncdError
+from syncd.notify import notify, watchdog_interval
+from syncd.pipeline import Pipeline
+from syncd.settings import Settings, load_settings
+from syncd.sync import MailboxSync
+
+log = logging.getLogger("syncd.daemon")
+
+#: Seconds between two looks at the mailbox table for enrolment changes.
+RECONCILE_SECONDS = 30
+
+JOB_PREFIX = "mailbox:"
+
+
+class Daemon:
+    def __init__(self, config_path: str | None, settings: Settings) -> None:
+        self.config_path = config_path
+        self.settings = settings
+        self.stop = threading.Event()
+        self.reload_requested = threading.Event()
+        self.engine = db.create_store_engine(settings.resolved_database_url())
+        if not db.is_current(self.engine):
+            url = db.masked_url(settings.resolved_database_url())
+            raise ConfigError(f"the database {url} is not initialised or is outdated: run `syncd db upgrade`")
+        self.sessions = db.session_factory(self.engine)
+        self.scheduler = BackgroundScheduler(timezone=UTC)
+        self.backends: dict[str, tuple[tuple[Any, ...], MailboxBackend]] = {}
+        self.lock = threading.Lock()
+        self._build_syncer()
+
+    def _build_syncer(self) -> None:
+        self.syncer = MailboxSync(
+            self.sessions, Pipeline(self.sessions, self.settings.limits), self.settings.sync, self.stop
+        )
+
+    def run(self) -> int:
+        """Run until SIGTERM or SIGINT; return the exit status."""
+        self._install_signal_handlers()
+        self.scheduler.start()
+        self.reconcile()
+        self.scheduler.add_job(
+            self.reconcile, IntervalTrigger(seconds=RECONCILE_SECONDS), id="reconcile",
+            name="pick up enrolment changes", max_instances=1, coalesce=True,
+        )
+        log.info(
+            "syncd started: database %s, %d mailboxes scheduled",
+            db.masked_url(self.settings.resolved_database_url()), len(self._mailbox_jobs()),
+        )
+        notify("READY=1", f"STATUS={self._status_line()}")
+
+        heartbeat = watchdog_interval() or 10.0
+        while not self.stop.wait(heartbeat):
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self._reload()
+            # The watchdog only hears from a daemon whose scheduler still runs.
+            if self.scheduler.running:
+                notify("WATCHDOG=1", f"STATUS={self._status_line()}")
+
+        log.info("syncd stopping: finishing the item in hand")
+        notify("STOPPING=1", "STATUS=stopping")
+        self.scheduler.shutdown(wait=True)
+        for _, backend in self.backends.values():
+            backend.close()
+        self.engine.dispose()
+        log.info("syncd stopped")
+        return 0
+
+    def reconcile(self) -> None:
+        """Schedule a job for every enabled mailbox and drop jobs of the others."""
+        with self.sessions() as session:
+            enabled = list(session.scalars(select(Mailbox.address).where(Mailbox.enabled.is_(True))))
+        scheduled = set(self._mailbox_jobs())
+        for address in sorted(set(enabled) - scheduled):
+            self._schedule(address)
+        for address in sorted(scheduled - set(enabled)):
+            self.scheduler.remove_job(JOB_PREFIX + address)
+            log.info("mailbox %s: no longer enrolled or enabled; job removed", address)
+
+    def _schedule(self, address: str) -> None:
+        sync = self.settings.sync
+        self.scheduler.add_job(
+            self._sync_mailbox,
+            IntervalTrigger(seconds=sync.interval_seconds, jitter=sync.jitter_seconds),
+            args=[address],
+            id=JOB_PREFIX + address,
+            name=f"sync {address}",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=sync.interval_seconds,
+            next_run_time=datetime.now(UTC),
+        )
+        log.info("mailbox %s: scheduled every %d s", address, sync.interval_seconds)
+
+    def _mailbox_jobs(self) -> list[str]:
+        return [job.id[len(JOB_PREFIX):] for job in self.scheduler.get_jobs() if job.id.startswith(JOB_PREFIX)]
+
+    def _sync_mailbox(self, address: str) -> None:
+        if self.stop.is_set():
+            return
+        try:
+            backend = self._backend(address)
+            if backend is not None:
+                self.syncer.sync(address, backend)
+        except SyncdError as exc:
+            # Already logged and stored on the mailbox by the sync; the
+            # other mailboxes go on and this one is tried at its next run.
+            log.debug("mailbox %s: pass ended with %s", address, exc)
+        except Exception:
+            log.exception("mailbox %s: pass failed unexpectedly", address)
+
+    def _backend(self, address: str) -> MailboxBackend | None:
+        """Return the mailbox's backend, rebuilt only when its enrolment changed.
+
+        Reusing one backend per mailbox keeps connection pools and tokens for
+        the life of the process.
+        """
+        with self.sessions() as session:
+            mailbox = session.scalar(select(Mailbox).where(Mailbox.address == address))
+            if mailbox is None:
+                return None
+            fingerprint = (mailbox.backend, repr(sorted(mailbox.config.items())))
+            with self.lock:
+                cached = self.backends.get(address)
+                if cached is not None and cached[0] == fingerprint:
+                    return cached[1]
+                if cached is not None:
+                    cached[1].close()
+                backend = open_backend(mailbox, self.settings)
+                self.backends[address] = (fingerprint, backend)
+                return backend
+
+    def _reload(self) -> None:
+        try:
+            settings = load_settings(self.config_path)
+        except ConfigError as exc:
+            log.error("settings not reloaded, keeping the old ones: %s", exc)
+            return
+        self.settings = settings
+        self._build_syncer()
+        for address in self._mailbox_jobs():
+            self.scheduler.remove_job(JOB_PREFIX + address)
+        with self.lock:
+            for _, backend in self.backends.values():
+                backend.close()
+            self.backends.clear()
+        self.reconcile()
+        log.info("settings reloaded")
+
+    def _status_line(self) -> str:
+        with self.sessions() as session:
+            states = list(session.scalars(select(Mailbox.state).where(Mailbox.enabled.is_(True))))
+        failing = states.count("failing")
+        return f"{len(states)} mailboxes, {failing} failing"
+
+    def _install_signal_handlers(self) -> None:
+        def request_stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s", signal.Signals(signum).name)
+            self.stop.set()
+
+        # The reload happens at the next heartbeat, within 10 s or half the
+        # watchdog interval, in the main thread rather than in the handler.
+        def request_reload(_signum: int, _frame: FrameType | None) -> None:
+            self.reload_requested.set()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGHUP, request_reload)
+
+
+def run(config_path: str | None) -> int:
+    """Run the daemon with the settings at `config_path`; return the exit status."""
+    return Daemon(config_path, load_settings(config_path)).run()

@@ -1,0 +1,74 @@
+"""The unmatched queue: filing a waiting mail by hand, or dismissing it.
+
+Assigning never teaches syncd anything implicitly: it files this one mail
+against the named entity and nothing else changes.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from crmstore import crm
+from crmstore.errors import InvalidInputError, NotFoundError
+from crmstore.models import Correspondence, ProcessedItem, UnmatchedMail
+from crmstore.refs import Ref
+from syncd.mail import MatchedBy
+from syncd.parse import parse_item
+from syncd.record import attach_links, find_correspondence, new_correspondence
+from syncd.resolve import Link, Resolution, resolve
+
+
+def get_open(session: Session, unmatched_id: int) -> UnmatchedMail:
+    entry = session.get(UnmatchedMail, unmatched_id)
+    if entry is None:
+        raise NotFoundError(f"unmatched mail {unmatched_id} does not exist: see `syncd unmatched list`")
+    if entry.state != "open":
+        raise InvalidInputError(f"unmatched mail {unmatched_id} is already {entry.state}")
+    return entry
+
+
+def assign(session: Session, unmatched_id: int, ref: Ref) -> Correspondence:
+    """File the waiting mail against `ref` (matched_by manual) and close the entry."""
+    entry = get_open(session, unmatched_id)
+    crm.entity_name(session, ref)
+    if entry.raw_mime is None:
+        raise InvalidInputError(
+            f"unmatched mail {unmatched_id} has no stored content ({entry.reason}): "
+            "import the original file with `syncd import` instead"
+        )
+
+    mail = parse_item(entry.raw_mime, entry.raw_format)
+    resolution = resolve(session, mail, [])
+    links = [Link(ref.kind, ref.id, MatchedBy.MANUAL)]
+    if ref.is_record:
+        links.append(Link("organisation", crm.get_record(session, ref).organisation_id, MatchedBy.RECORD))
+    correspondence = _file(session, entry, resolution, [*links, *resolution.links])
+
+    entry.state = "assigned"
+    entry.correspondence_id = correspondence.id
+    # The items that brought the mail in become sources of the correspondence.
+    session.execute(
+        update(ProcessedItem)
+        .where(ProcessedItem.unmatched_id == entry.id)
+        .values(correspondence_id=correspondence.id)
+    )
+    return correspondence
+
+
+def dismiss(session: Session, unmatched_id: int) -> None:
+    """Hide the waiting mail from the queue; it stays in the database."""
+    get_open(session, unmatched_id).state = "dismissed"
+
+
+def _file(
+    session: Session, entry: UnmatchedMail, resolution: Resolution, links: list[Link]
+) -> Correspondence:
+    correspondence = find_correspondence(session, resolution.mail)
+    if correspondence is None:
+        correspondence = new_correspondence(
+            session, resolution.mail, resolution.direction, entry.raw_mime, entry.raw_format
+        )
+    attach_links(correspondence, list(dict.fromkeys(links)))
+    session.flush()
+    return correspondence

@@ -1,0 +1,288 @@
+"""One pass over one mailbox: folders, new items, the pipeline, the cursor, feedback.
+
+The cursor of a folder is stored only after every item of the batch it
+covers has been recorded, and feedback is shown only after that, so a crash
+at any point replays at most one batch, which the processed-item ledger
+then skips.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TypeVar
+
+from sqlalchemy import Select, select, update
+from sqlalchemy.orm import Session, sessionmaker
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_random_exponential
+
+from crmstore.models import Mailbox, MailboxFolder, ProcessedItem, utcnow
+from syncd.backends.base import Batch, FeedbackRequest, Folder, MailboxBackend
+from syncd.errors import BackendError, SyncStateInvalidError, TransientBackendError
+from syncd.mail import Outcome
+from syncd.pipeline import ItemResult, Pipeline
+from syncd.record import Source
+from syncd.settings import SyncSettings
+
+log = logging.getLogger("syncd.sync")
+
+T = TypeVar("T")
+
+#: Feedback retried from earlier passes per pass; the rest waits for the next one.
+MAX_PENDING_FEEDBACK = 500
+
+
+@dataclass
+class Counts:
+    """Outcomes of the items a pass saw; seen always equals the sum of the rest."""
+
+    seen: int = 0
+    filed: int = 0
+    unmatched: int = 0
+    failed: int = 0
+    duplicates: int = 0
+
+    def add(self, outcome: Outcome) -> None:
+        self.seen += 1
+        if outcome is Outcome.FILED:
+            self.filed += 1
+        elif outcome is Outcome.UNMATCHED:
+            self.unmatched += 1
+        elif outcome is Outcome.FAILED:
+            self.failed += 1
+        else:
+            self.duplicates += 1
+
+    def merge(self, other: Counts) -> None:
+        for name, value in asdict(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class Stopped(Exception):
+    """The pass ended early because the daemon is shutting down."""
+
+
+class MailboxSync:
+    """Runs passes over mailboxes through their backends."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        pipeline: Pipeline,
+        settings: SyncSettings,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.pipeline = pipeline
+        self.settings = settings
+        self.stop = stop or threading.Event()
+
+    def sync(self, address: str, backend: MailboxBackend) -> Counts:
+        """Run one pass over the mailbox `address`; record its state, then re-raise any error."""
+        started = time.monotonic()
+        counts = Counts()
+        with self.sessions() as session:
+            mailbox = session.scalar(select(Mailbox).where(Mailbox.address == address))
+            if mailbox is None:
+                raise ValueError(f"mailbox {address!r} is not enrolled")
+            inbound = mailbox.role == "inbound"
+
+        try:
+            folders = self._retrying(address, lambda: [r.folder for r in backend.ensure_folders()])
+            self._save_folders(address, backend.kind, folders)
+            self._retry_pending_feedback(address, backend)
+            for folder in folders:
+                self._sync_folder_restarting(address, backend, folder, inbound, counts)
+        except Stopped:
+            log.info("mailbox %s: pass stopped for shutdown after %d items", address, counts.seen)
+            self._set_status(address, error=None, finished=False)
+            return counts
+        except BackendError as exc:
+            log.error("mailbox %s: pass failed after %d items: %s", address, counts.seen, exc)
+            self._set_status(address, error=str(exc), finished=False)
+            raise
+
+        self._set_status(address, error=None, finished=True)
+        log.info(
+            "mailbox %s: pass done in %.1f s: seen %d, filed %d, unmatched %d, failed %d, duplicates %d",
+            address, time.monotonic() - started, counts.seen, counts.filed,
+            counts.unmatched, counts.failed, counts.duplicates,
+        )
+        return counts
+
+    def _sync_folder_restarting(
+        self, address: str, backend: MailboxBackend, folder: Folder, inbound: bool, counts: Counts
+    ) -> None:
+        try:
+            self._retrying(address, lambda: self._sync_folder(address, backend, folder, inbound, counts))
+        except SyncStateInvalidError as exc:
+            # The server forgot our cursor. Starting the folder from scratch
+            # replays items already recorded, which the ledger skips.
+            log.warning(
+                "mailbox %s folder %s: sync state rejected (%s); syncing the folder from scratch",
+                address, folder.name, exc,
+            )
+            self._save_state(address, folder, None)
+            self._retrying(address, lambda: self._sync_folder(address, backend, folder, inbound, counts))
+
+    def _sync_folder(
+        self, address: str, backend: MailboxBackend, folder: Folder, inbound: bool, counts: Counts
+    ) -> None:
+        state = self._load_state(address, backend.kind, folder)
+        for batch in backend.batches(folder, state):
+            self._record_batch(address, backend, batch, inbound, counts)
+            if batch.state is not None:
+                self._save_state(address, folder, batch.state)
+
+    def _record_batch(
+        self, address: str, backend: MailboxBackend, batch: Batch, inbound: bool, counts: Counts
+    ) -> None:
+        feedback: list[FeedbackRequest] = []
+        stopped = False
+        for item in batch.items:
+            if self.stop.is_set():
+                stopped = True
+                break
+            source = Source(address, batch.folder.key, batch.folder.name, item.item_id)
+            result: ItemResult = self.pipeline.process(item, source, inbound=inbound)
+            counts.add(result.outcome)
+            if result.feedback_pending:
+                feedback.append(FeedbackRequest(batch.folder.key, item.item_id, result.recorded_outcome))
+
+        self._apply_feedback(address, backend, feedback)
+        if stopped:
+            raise Stopped()
+
+    def _apply_feedback(
+        self, address: str, backend: MailboxBackend, requests: list[FeedbackRequest]
+    ) -> None:
+        if not requests:
+            return
+        try:
+            applied = backend.apply_feedback(requests)
+        except BackendError as exc:
+            # The filing stands; the ledger keeps the feedback pending and
+            # the next pass tries again.
+            log.warning(
+                "mailbox %s: feedback on %d items failed, will try again: %s", address, len(requests), exc
+            )
+            return
+
+        with self.sessions() as session, session.begin():
+            for request in applied:
+                session.execute(
+                    update(ProcessedItem)
+                    .where(
+                        ProcessedItem.mailbox == address,
+                        ProcessedItem.folder_key == request.folder_key,
+                        ProcessedItem.item_id == request.item_id,
+                    )
+                    .values(feedback_pending=False)
+                )
+
+    def _retry_pending_feedback(self, address: str, backend: MailboxBackend) -> None:
+        with self.sessions() as session:
+            rows = session.execute(
+                select(ProcessedItem.folder_key, ProcessedItem.item_id, ProcessedItem.outcome)
+                .where(ProcessedItem.mailbox == address, ProcessedItem.feedback_pending.is_(True))
+                .order_by(ProcessedItem.id)
+                .limit(MAX_PENDING_FEEDBACK)
+            ).all()
+        requests = [FeedbackRequest(key, item_id, Outcome(outcome)) for key, item_id, outcome in rows]
+        if requests:
+            log.info("mailbox %s: retrying feedback on %d items", address, len(requests))
+            self._apply_feedback(address, backend, requests)
+
+    def _retrying(self, address: str, call: Callable[[], T]) -> T:
+        """Run `call`, retrying throttling and time-outs with capped, jittered back-off.
+
+        The wait is at least what the server asked for (BackOffMilliseconds,
+        Retry-After) and otherwise grows exponentially.
+        """
+        exponential = wait_random_exponential(multiplier=1, max=self.settings.max_backoff_seconds)
+
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            hinted = getattr(error, "retry_after", None) or 0.0
+            return min(max(hinted, exponential(state)), self.settings.max_backoff_seconds)
+
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "mailbox %s: %s; try %d of %d in %.1f s",
+                address, error, state.attempt_number + 1, self.settings.max_attempts,
+                state.next_action.sleep if state.next_action else 0.0,
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(TransientBackendError),
+            stop=stop_after_attempt(self.settings.max_attempts),
+            wait=wait,
+            before_sleep=before_sleep,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        return retrying(call)
+
+    def _sleep(self, seconds: float) -> None:
+        # Waiting on the stop event lets SIGTERM end a long back-off at once.
+        if self.stop.wait(seconds):
+            raise Stopped()
+
+    def _save_folders(self, address: str, kind: str, folders: list[Folder]) -> None:
+        with self.sessions() as session, session.begin():
+            mailbox = session.scalar(select(Mailbox).where(Mailbox.address == address))
+            assert mailbox is not None
+            known = {row.folder_key: row for row in mailbox.folders}
+            for folder in folders:
+                row = known.get(folder.key)
+                if row is None:
+                    mailbox.folders.append(MailboxFolder(folder_key=folder.key, name=folder.name, backend=kind))
+                else:
+                    row.name = folder.name
+
+    def _load_state(self, address: str, kind: str, folder: Folder) -> str | None:
+        with self.sessions() as session:
+            row = session.scalar(_folder_row(address, folder))
+            # A cursor of another backend means nothing to this one.
+            if row is None or row.backend != kind:
+                return None
+            return row.sync_state
+
+    def _save_state(self, address: str, folder: Folder, state: str | None) -> None:
+        with self.sessions() as session, session.begin():
+            row = session.scalar(_folder_row(address, folder))
+            if row is not None:
+                row.sync_state = state
+                row.updated_at = utcnow()
+
+    def _set_status(self, address: str, *, error: str | None, finished: bool) -> None:
+        with self.sessions() as session, session.begin():
+            mailbox = session.scalar(select(Mailbox).where(Mailbox.address == address))
+            if mailbox is None:
+                return
+            now = utcnow()
+            mailbox.last_sync_at = now
+            if finished:
+                mailbox.last_success_at = now
+            if error is not None:
+                mailbox.state = "failing"
+                mailbox.last_error = error
+            elif finished:
+                mailbox.state = "ok"
+                mailbox.last_error = None
+
+
+def _folder_row(address: str, folder: Folder) -> Select[tuple[MailboxFolder]]:
+    return (
+        select(MailboxFolder)
+        .join(Mailbox)
+        .where(Mailbox.address == address, MailboxFolder.folder_key == folder.key)
+    )
