@@ -1,0 +1,1029 @@
+"""Parse stage: turn the bytes of one mail (RFC 5322 or Outlook .msg) into a ParsedMail.
+
+parse_message and parse_msg return a ParsedMail for any input and raise
+no Exception subclass. Each header and each MIME part is read on its own,
+so a broken one loses only itself, and `ParsedMail.defects` gets one note
+for it. Messages carried inside the mail (message/rfc822
+parts and attached .msg files) are parsed the same way into `nested`, down
+to `max_depth` levels.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import dataclasses
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import policy
+from email.header import decode_header, make_header
+from email.headerregistry import AddressHeader, BaseHeader
+from email.message import Message
+from email.parser import BytesHeaderParser, BytesParser, HeaderParser
+from email.utils import getaddresses
+from types import TracebackType
+from typing import TypeVar, cast
+
+import extract_msg
+import olefile  # type: ignore[import-untyped]
+from extract_msg.enums import AttachmentType, ErrorBehavior, RecipientType
+from extract_msg.msg_classes import MSGFile
+
+from syncd.html_text import html_to_text
+from syncd.mail import Address, ParsedMail
+
+log = logging.getLogger("syncd.parse")
+
+DEFAULT_MAX_DEPTH = 8
+DEFAULT_MAX_HTML_CHARS = 5_000_000
+
+MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
+OUTLOOK_TYPES = frozenset({"application/vnd.ms-outlook", "application/x-msg"})
+TNEF_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})
+
+_T = TypeVar("_T")
+
+_BRACKETED_ID = re.compile(r"<([^<>]*)>")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_LINE_BREAK = re.compile(r"\r\n?|\n")
+_META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
+
+# Outlook stores the transport headers of a received mail with this line
+# in front, which is not a header.
+_OUTLOOK_HEADER_PREFIX = "Microsoft Mail Internet Headers Version 2.0"
+
+
+@dataclass(frozen=True)
+class _Limits:
+    max_depth: int
+    max_html_chars: int
+
+
+def parse_item(raw: bytes, format: str, **limits: int) -> ParsedMail:
+    """Parse `raw` as format "eml" (RFC 5322) or "msg" (Outlook); `limits` go to that parser."""
+    if format == "eml":
+        return parse_message(raw, **limits)
+    if format == "msg":
+        return parse_msg(raw, **limits)
+    raise ValueError(f"unknown mail format {format!r}: use 'eml' for RFC 5322 bytes or 'msg' for Outlook files")
+
+
+def parse_message(
+    raw: bytes,
+    *,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_html_chars: int = DEFAULT_MAX_HTML_CHARS,
+) -> ParsedMail:
+    """Parse the bytes of an RFC 5322 message.
+
+    `max_depth` is how many levels of nested messages are parsed, and
+    `max_html_chars` caps the HTML read from each text/html part.
+    """
+    return _parse_rfc5322(raw, _Limits(max_depth, max_html_chars), depth=0)
+
+
+def parse_msg(
+    raw: bytes,
+    *,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_html_chars: int = DEFAULT_MAX_HTML_CHARS,
+) -> ParsedMail:
+    """Parse the bytes of an Outlook .msg file, with the limits of `parse_message`."""
+    return _parse_outlook(raw, _Limits(max_depth, max_html_chars), depth=0)
+
+
+def is_unreadable(mail: ParsedMail) -> bool:
+    """Return whether parsing got nothing out of its input, so that `mail` has only defects.
+
+    The parsers do not raise for bad input; this tells a caller that wants
+    to treat, say, a corrupt .msg file as a parse failure.
+    """
+    found = (mail.message_id, mail.subject, mail.sender, mail.to, mail.cc, mail.date, mail.nested)
+    return not any(found) and not mail.text.strip() and not mail.html_text.strip()
+
+
+# --- RFC 5322 -----------------------------------------------------------
+
+
+def _parse_rfc5322(raw: bytes, limits: _Limits, depth: int) -> ParsedMail:
+    mail = ParsedMail()
+    try:
+        _fill_from_rfc5322(mail, raw, limits, depth)
+    except Exception as exc:
+        # Last resort: every field is already read on its own, so reaching
+        # this is a bug here, and the fields read so far are still worth having.
+        log.exception("Parsing a message failed, keeping what was read; Message-ID %s", mail.message_id)
+        mail.defects.append(f"parse stopped early: {_describe(exc)}")
+    return mail
+
+
+def _fill_from_rfc5322(mail: ParsedMail, raw: bytes, limits: _Limits, depth: int) -> None:
+    try:
+        message = BytesParser(policy=policy.default).parsebytes(raw)
+    except Exception as exc:
+        # The email package records most problems as defects, but some
+        # input still escapes it, e.g. RecursionError on MIME parts nested
+        # a thousand deep. Headers and the raw body text are still worth having.
+        mail.defects.append(f"MIME structure unreadable ({_describe(exc)}); body kept as raw text")
+        _fill_from_unparsed(mail, raw)
+        return
+
+    _fill_from_message(mail, message, limits, depth)
+
+
+def _fill_from_message(mail: ParsedMail, message: Message, limits: _Limits, depth: int) -> None:
+    _fill_headers(mail, message)
+    try:
+        _fill_bodies(mail, message, limits, depth)
+    except Exception as exc:
+        # Every part is already read on its own, so this catches a failure in
+        # walking the structure itself and keeps the headers read above.
+        log.warning("Reading the MIME parts of %s failed: %s", mail.message_id, _describe(exc))
+        mail.defects.append(f"MIME parts unreadable: {_describe(exc)}")
+
+
+def _fill_from_unparsed(mail: ParsedMail, raw: bytes) -> None:
+    try:
+        message = BytesHeaderParser(policy=policy.default).parsebytes(raw)
+    except Exception as exc:
+        # Without headers, the raw bytes as text are all there is to keep.
+        mail.defects.append(f"headers unreadable: {_describe(exc)}")
+        mail.text = _clean_body(_decode_bytes(raw, None))
+        return
+
+    _fill_headers(mail, message)
+    body = message.get_payload()
+    if isinstance(body, str):
+        mail.text = _clean_body(_decode_bytes(body.encode("utf-8", "surrogateescape"), None))
+
+
+# --- headers ------------------------------------------------------------
+
+
+def _fill_headers(mail: ParsedMail, message: Message) -> None:
+    mail.message_id = _read_field(mail, "Message-ID header", lambda: _message_id(message, "message-id"), None)
+    mail.subject = _read_field(mail, "Subject header", lambda: _subject(message), "")
+    mail.sender = _read_field(mail, "From header", lambda: _sender(mail, message), None)
+    mail.to = _read_field(mail, "To header", lambda: _addresses(mail, message, "to"), [])
+    mail.cc = _read_field(mail, "Cc header", lambda: _addresses(mail, message, "cc"), [])
+    mail.date = _read_field(mail, "Date header", lambda: _date(mail, message), None)
+    mail.in_reply_to = _read_field(mail, "In-Reply-To header", lambda: _message_id(message, "in-reply-to"), None)
+    mail.references = _read_field(mail, "References header", lambda: _references(message), [])
+    mail.thread_index = _read_field(mail, "Thread-Index header", lambda: _thread_index(message), None)
+
+
+def _read_field(mail: ParsedMail, what: str, reader: Callable[[], _T], fallback: _T) -> _T:
+    """Return `reader()`, or `fallback` with a defect note when it raises."""
+    try:
+        return reader()
+    except Exception as exc:
+        # A header or property that the library cannot read costs only
+        # that one field.
+        mail.defects.append(f"{what} unreadable: {_describe(exc)}")
+        return fallback
+
+
+def _raw_headers(message: Message, name: str) -> list[str]:
+    """Return the unparsed values of every header called `name`, unfolded."""
+    wanted = name.lower()
+    return [_LINE_BREAK.sub("", value) for key, value in message.raw_items() if key.lower() == wanted]
+
+
+def _parsed_headers(message: Message, name: str) -> list[BaseHeader]:
+    """Parse every header called `name`, reading raw 8-bit bytes as UTF-8 or Latin-1.
+
+    The email package turns undeclared 8-bit bytes into U+FFFD, which would
+    lose the æøå of a client that sends raw UTF-8 or Latin-1 headers.
+    """
+    return [policy.default.header_factory(name, _repair_8bit(value)) for value in _raw_headers(message, name)]
+
+
+def _subject(message: Message) -> str:
+    values = _raw_headers(message, "subject")
+    if not values:
+        return ""
+    try:
+        return _clean(str(policy.default.header_factory("subject", _repair_8bit(values[0]))))
+    except Exception:
+        # The header parser raises IndexError and the like on some malformed
+        # encoded words, which email.header still decodes in part.
+        return _decode_words_best_effort(values[0])
+
+
+def _decode_words_best_effort(raw: str) -> str:
+    """Decode RFC 2047 encoded words with email.header, for headers the parser rejects."""
+    text = _repair_8bit(raw)
+    # make_header raises for an unknown charset, and decode_header for
+    # broken base64, so each step falls back to a rawer one.
+    try:
+        return _clean(str(make_header(decode_header(text))))
+    except Exception:
+        pass
+    try:
+        chunks = decode_header(text)
+    except Exception:
+        return _clean(text)
+    return _clean(
+        "".join(chunk if isinstance(chunk, str) else _decode_bytes(chunk, charset) for chunk, charset in chunks)
+    )
+
+
+def _sender(mail: ParsedMail, message: Message) -> Address | None:
+    for name in ("from", "sender"):
+        addresses = _addresses(mail, message, name)
+        if addresses:
+            return addresses[0]
+    return None
+
+
+def _addresses(mail: ParsedMail, message: Message, name: str) -> list[Address]:
+    try:
+        headers = cast(list[AddressHeader], _parsed_headers(message, name))
+        parsed = [(item.display_name, item.addr_spec, item.domain) for header in headers for item in header.addresses]
+    except Exception as exc:
+        mail.defects.append(f"{name.title()} header parsed loosely: {_describe(exc)}")
+        parsed = _addresses_loosely(message, name)
+
+    result = []
+    for display_name, addr_spec, domain in parsed:
+        if not domain or "@" not in addr_spec:
+            mail.defects.append(f"{name.title()} header: invalid address {addr_spec or display_name!r} skipped")
+            continue
+        result.append(Address(email=_clean(addr_spec).strip().lower(), name=_clean(display_name).strip()))
+    return result
+
+
+def _addresses_loosely(message: Message, name: str) -> list[tuple[str, str, str]]:
+    values = [_decode_words_best_effort(value) for value in _raw_headers(message, name)]
+    return [(display, spec, spec.rpartition("@")[2]) for display, spec in getaddresses(values)]
+
+
+def _date(mail: ParsedMail, message: Message) -> datetime | None:
+    values = _raw_headers(message, "date")
+    if not values:
+        return None
+    header = policy.default.header_factory("date", _repair_8bit(values[0]))
+    value = header.datetime
+    if value is None:
+        mail.defects.append(f"Date header invalid: {values[0].strip()!r}")
+        return None
+    return _as_utc(value)
+
+
+def _as_utc(value: datetime) -> datetime:
+    # By RFC 5322 section 3.3 the zone "-0000" means the time is in UTC and the
+    # sender's local zone is unknown. Python returns such times without tzinfo.
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _message_id(message: Message, name: str) -> str | None:
+    values = _raw_headers(message, name)
+    if not values:
+        return None
+    return _normalise_id(values[0])
+
+
+def _normalise_id(raw: str) -> str | None:
+    """Return the first `<id>` in `raw` (or all of `raw`) without brackets and white space."""
+    text = _clean(raw)
+    match = _BRACKETED_ID.search(text)
+    value = match.group(1) if match else text
+    value = "".join(value.split()).strip("<>")
+    return value or None
+
+
+def _references(message: Message) -> list[str]:
+    text = _clean(" ".join(_raw_headers(message, "references")))
+    ids = _BRACKETED_ID.findall(text) or text.split()
+    return [identifier for identifier in ("".join(item.split()) for item in ids) if identifier]
+
+
+def _thread_index(message: Message) -> str | None:
+    values = _raw_headers(message, "thread-index")
+    if not values:
+        return None
+    return "".join(values[0].split()) or None
+
+
+# --- MIME parts ---------------------------------------------------------
+
+
+def _fill_bodies(mail: ParsedMail, message: Message, limits: _Limits, depth: int) -> None:
+    texts: list[str] = []
+    html_texts: list[str] = []
+    # A dict keeps the first-seen order and drops repeats.
+    structure_defects: dict[str, None] = {}
+    for part, is_container in _walk_parts(message):
+        for defect in part.defects:
+            structure_defects[f"{_content_type(part)} part: {type(defect).__name__}"] = None
+        if is_container:
+            continue
+        try:
+            _read_part(mail, part, texts, html_texts, limits, depth)
+        except Exception as exc:
+            # One unreadable part must not cost the others.
+            mail.defects.append(f"{_content_type(part)} part unreadable: {_describe(exc)}")
+
+    mail.defects.extend(structure_defects)
+    mail.text = "\n\n".join(text.strip("\n") for text in texts if text.strip())
+    mail.html_text = "\n\n".join(text.strip("\n") for text in html_texts if text.strip())
+
+
+def _walk_parts(message: Message) -> Iterator[tuple[Message, bool]]:
+    """Yield (part, is multipart container) for every part, depth first in document order.
+
+    The parts of a carried message belong to that message, so a
+    message/rfc822 part is yielded as one part. The walk uses a stack
+    rather than recursion.
+    """
+    stack = [message]
+    while stack:
+        part = stack.pop()
+        is_container = part.is_multipart() and _content_type(part) not in MESSAGE_TYPES
+        yield part, is_container
+        if is_container:
+            stack.extend(reversed(cast(list[Message], part.get_payload())))
+
+
+def _read_part(
+    mail: ParsedMail,
+    part: Message,
+    texts: list[str],
+    html_texts: list[str],
+    limits: _Limits,
+    depth: int,
+) -> None:
+    content_type = _content_type(part)
+    maintype = content_type.partition("/")[0]
+    filename = _filename(part)
+    is_attachment = _disposition(part) == "attachment"
+
+    if content_type in MESSAGE_TYPES:
+        _add_nested(mail, limits, depth, lambda: _carried_message(part, limits, depth + 1))
+    elif content_type in OUTLOOK_TYPES or (filename.endswith(".msg") and maintype != "text"):
+        data = _payload_bytes(part)
+        _add_nested(mail, limits, depth, lambda: _parse_outlook(data, limits, depth + 1))
+    elif filename.endswith(".eml") and maintype == "application":
+        data = _payload_bytes(part)
+        _add_nested(mail, limits, depth, lambda: _parse_rfc5322(data, limits, depth + 1))
+    elif content_type in TNEF_TYPES or filename == "winmail.dat":
+        # TODO: decode TNEF (winmail.dat) and add its bodies and attached messages to the mail.
+        mail.defects.append("TNEF part (winmail.dat) not decoded")
+    elif is_attachment:
+        return
+    elif content_type == "text/plain":
+        texts.append(_part_text(part))
+    elif content_type == "text/html":
+        html_texts.append(html_to_text(_part_html(part), max_chars=limits.max_html_chars))
+    elif maintype == "multipart":
+        # A multipart part without a usable boundary arrives as one string,
+        # which still contains whatever the sender wrote.
+        mail.defects.append(f"{content_type} part without parts read as plain text")
+        texts.append(_part_text(part))
+
+
+def _add_nested(mail: ParsedMail, limits: _Limits, depth: int, parse: Callable[[], ParsedMail]) -> None:
+    if depth + 1 > limits.max_depth:
+        mail.defects.append(f"nested message at depth {depth + 1} not parsed: max_depth is {limits.max_depth}")
+        return
+    mail.nested.append(parse())
+
+
+def _carried_message(part: Message, limits: _Limits, depth: int) -> ParsedMail:
+    payload = part.get_payload()
+    if not isinstance(payload, list) or not payload:
+        return _parse_rfc5322(_payload_bytes(part), limits, depth)
+
+    inner = payload[0]
+    if not isinstance(inner, Message):
+        return _parse_rfc5322(_payload_bytes(part), limits, depth)
+    # RFC 2046 section 5.2.1 allows only 7bit, 8bit or binary here, but some
+    # senders base64-encode the carried message anyway. The parser then
+    # returns a message without headers whose body is the base64 text.
+    encoding = str(part.get("content-transfer-encoding", "")).strip().lower()
+    if encoding == "base64" and not inner.keys():
+        encoded = inner.get_payload()
+        if isinstance(encoded, str):
+            return _parse_rfc5322(_decode_base64_leniently(encoded), limits, depth)
+
+    mail = ParsedMail()
+    _fill_from_message(mail, inner, limits, depth)
+    return mail
+
+
+def _decode_base64_leniently(text: str) -> bytes:
+    """Decode base64, dropping characters outside the alphabet and fixing the padding."""
+    kept = re.sub(r"[^A-Za-z0-9+/]", "", text)
+    if len(kept) % 4 == 1:
+        kept = kept[:-1]
+    return base64.b64decode(kept + "=" * (-len(kept) % 4))
+
+
+def _payload_bytes(part: Message) -> bytes:
+    payload = part.get_payload(decode=True)
+    if isinstance(payload, bytes):
+        return payload
+    raw = part.get_payload()
+    if isinstance(raw, str):
+        return raw.encode("utf-8", "surrogateescape")
+    return b""
+
+
+def _part_text(part: Message) -> str:
+    return _clean_body(_decode_bytes(_payload_bytes(part), _declared_charset(part)))
+
+
+def _part_html(part: Message) -> str:
+    data = _payload_bytes(part)
+    charset = _declared_charset(part) or _html_meta_charset(data)
+    return _clean_body(_decode_bytes(data, charset))
+
+
+def _content_type(part: Message) -> str:
+    """Return the lower-cased media type, with the defaults of RFC 2045 section 5.2.
+
+    The type is cut from the raw header because asking the email package
+    parses the whole header again on every call, which is most of the
+    time spent on a message with thousands of parts.
+    """
+    values = _raw_headers(part, "content-type")
+    if not values:
+        return part.get_default_type()
+    media_type = values[0].split(";", 1)[0].strip().lower()
+    maintype, _, subtype = media_type.partition("/")
+    if not maintype or not subtype or "/" in subtype or " " in media_type:
+        return "text/plain"
+    return media_type
+
+
+# The email package parses these headers on request and can raise on
+# malformed parameters; a part without them is read as inline and unnamed.
+
+
+def _disposition(part: Message) -> str | None:
+    try:
+        return part.get_content_disposition()
+    except Exception:
+        return None
+
+
+def _filename(part: Message) -> str:
+    try:
+        return _clean(part.get_filename() or "").strip().lower()
+    except Exception:
+        return ""
+
+
+def _declared_charset(part: Message) -> str | None:
+    try:
+        return part.get_content_charset()
+    except Exception:
+        return None
+
+
+# --- Outlook .msg -------------------------------------------------------
+
+
+def _parse_outlook(raw: bytes, limits: _Limits, depth: int) -> ParsedMail:
+    mail = ParsedMail()
+    # olefile takes bytes shorter than MINIMAL_OLEFILE_SIZE as a file name,
+    # so a short attachment must never reach it.
+    if len(raw) < olefile.MINIMAL_OLEFILE_SIZE or not raw.startswith(olefile.MAGIC):
+        mail.defects.append("not an Outlook .msg file: no OLE2 signature")
+        return mail
+
+    with _QUIET_EXTRACT_MSG:
+        try:
+            outlook = _open_outlook(raw)
+        except Exception as exc:
+            # extract-msg and olefile raise many kinds of errors for corrupt
+            # files, and all of them mean the same here.
+            mail.defects.append(f"Outlook .msg file unreadable: {_describe(exc)}")
+            return mail
+        try:
+            _fill_from_outlook(mail, outlook, limits, depth)
+        except Exception as exc:
+            # Last resort, as in _parse_rfc5322.
+            log.exception("Parsing a .msg file failed, keeping what was read; Message-ID %s", mail.message_id)
+            mail.defects.append(f"parse stopped early: {_describe(exc)}")
+        finally:
+            outlook.close()
+    return mail
+
+
+def _open_outlook(raw: bytes) -> MSGFile:
+    """Open an Outlook file, reopening an ANSI file in the code page of its RTF body.
+
+    ANSI (non-Unicode) files should name the code page of their strings in
+    PR_MESSAGE_CODEPAGE. Without it extract-msg assumes ISO-8859-15, which
+    garbles, say, Japanese. The RTF body that Outlook writes next to the
+    strings names the same Windows code page in its \\ansicpg word.
+    """
+    options = {"strict": False, "delayAttachments": True, "errorBehavior": ErrorBehavior.SUPPRESS_ALL}
+    outlook = extract_msg.openMsg(raw, **options)
+    try:
+        encoding = _ansi_encoding(outlook)
+    except Exception:
+        outlook.close()
+        raise
+    if encoding is None:
+        return outlook
+
+    outlook.close()
+    return extract_msg.openMsg(raw, overrideEncoding=encoding, **options)
+
+
+def _ansi_encoding(outlook: MSGFile) -> str | None:
+    """Return the codec for the strings of an ANSI file that does not name one, else None."""
+    if outlook.areStringsUnicode or "3FFD0003" in outlook.props:
+        return None
+    match = _RTF_CODE_PAGE.search((getattr(outlook, "rtfBody", None) or b"")[:1024])
+    return _rtf_codec(int(match.group(1))) if match else None
+
+
+def _fill_from_outlook(mail: ParsedMail, outlook: MSGFile, limits: _Limits, depth: int) -> None:
+    headers = _read_field(mail, "transport headers", lambda: _transport_headers(outlook), None)
+    if headers is not None:
+        _fill_headers(mail, headers)
+    _fill_from_properties(mail, outlook)
+
+    no_bodies: tuple[str | None, str | None] = (None, None)
+    text, html = _read_field(mail, "message body", lambda: _outlook_bodies(outlook), no_bodies)
+    mail.text = _clean_body(text or "").strip("\n")
+    if html:
+        mail.html_text = html_to_text(_clean_body(html), max_chars=limits.max_html_chars)
+    _read_field(mail, "attachment list", lambda: _add_outlook_attachments(mail, outlook, limits, depth), None)
+
+
+def _transport_headers(outlook: MSGFile) -> Message | None:
+    """Parse the stored Internet headers, which only received mail has."""
+    text = outlook.getStringStream("__substg1.0_007D")
+    if not text:
+        return None
+    if text.startswith(_OUTLOOK_HEADER_PREFIX):
+        text = text[len(_OUTLOOK_HEADER_PREFIX) :].lstrip()
+    return HeaderParser(policy=policy.default).parsestr(text, headersonly=True)
+
+
+def _fill_from_properties(mail: ParsedMail, outlook: MSGFile) -> None:
+    """Fill the fields the transport headers did not provide from MAPI properties."""
+    if not mail.subject:
+        mail.subject = _read_field(mail, "subject property", lambda: _string_property(outlook, "0037"), "")
+    if mail.sender is None:
+        mail.sender = _read_field(mail, "sender property", lambda: _outlook_sender(outlook), None)
+    if not mail.to and not mail.cc:
+        mail.to = _read_field(mail, "To recipients", lambda: _outlook_recipients(outlook, RecipientType.TO), [])
+        mail.cc = _read_field(mail, "Cc recipients", lambda: _outlook_recipients(outlook, RecipientType.CC), [])
+    if mail.date is None:
+        mail.date = _read_field(mail, "date property", lambda: _outlook_date(outlook), None)
+    if mail.message_id is None:
+        mail.message_id = _read_field(mail, "Message-ID property", lambda: _id_property(outlook, "1035"), None)
+    if mail.in_reply_to is None:
+        mail.in_reply_to = _read_field(mail, "In-Reply-To property", lambda: _id_property(outlook, "1042"), None)
+    if not mail.references:
+        mail.references = _read_field(
+            mail, "References property", lambda: _BRACKETED_ID.findall(_string_property(outlook, "1039")), []
+        )
+    if mail.thread_index is None:
+        mail.thread_index = _read_field(mail, "conversation index", lambda: _conversation_index(outlook), None)
+
+
+def _string_property(outlook: MSGFile, property_id: str) -> str:
+    """Return the string MAPI property with this 4-digit hex tag, or ""."""
+    return _clean(outlook.getStringStream(f"__substg1.0_{property_id}") or "")
+
+
+def _id_property(outlook: MSGFile, property_id: str) -> str | None:
+    return _normalise_id(_string_property(outlook, property_id))
+
+
+def _outlook_sender(outlook: MSGFile) -> Address | None:
+    # PR_SENDER_SMTP_ADDRESS comes first, because PR_SENDER_EMAIL_ADDRESS
+    # contains an Exchange X.500 name instead of an address for internal
+    # senders. The "sent representing" pair names the mailbox a delegate sent for.
+    name = _string_property(outlook, "0C1A") or _string_property(outlook, "0042")
+    for property_id in ("5D01", "0C1F", "5D02", "0065"):
+        candidate = _string_property(outlook, property_id).strip()
+        if "@" in candidate:
+            return Address(email=candidate.lower(), name=name.strip())
+    return None
+
+
+def _outlook_recipients(outlook: MSGFile, kind: RecipientType) -> list[Address]:
+    result = []
+    for recipient in getattr(outlook, "recipients", None) or []:
+        if recipient.type != kind:
+            continue
+        address = _clean(recipient.email or "").strip()
+        if "@" in address:
+            result.append(Address(email=address.lower(), name=_clean(recipient.name or "").strip()))
+    return result
+
+
+def _outlook_date(outlook: MSGFile) -> datetime | None:
+    value = getattr(outlook, "date", None) or getattr(outlook, "receivedTime", None)
+    if not isinstance(value, datetime):
+        return None
+    return _as_utc(value)
+
+
+def _conversation_index(outlook: MSGFile) -> str | None:
+    data = outlook.getStream("__substg1.0_00710102")
+    return base64.b64encode(data).decode("ascii") if data else None
+
+
+def _outlook_bodies(outlook: MSGFile) -> tuple[str | None, str | None]:
+    """Return the plain body and the HTML body, each None when the file has none.
+
+    Outlook often stores the HTML only inside the compressed RTF body, and
+    some files carry nothing but RTF. The RTF body is read when one of the
+    other two is missing.
+    """
+    text = outlook.getStringStream("__substg1.0_1000")
+    data = outlook.getStream("__substg1.0_10130102")
+    html = _decode_bytes(data, _html_meta_charset(data)) if data else None
+    if text is not None and html is not None:
+        return text, html
+
+    rtf = getattr(outlook, "rtfBody", None)
+    if rtf:
+        is_html, content = rtf_body_content(rtf)
+        if is_html and html is None:
+            html = content
+        elif not is_html and text is None:
+            text = content
+    return text, html
+
+
+def _add_outlook_attachments(mail: ParsedMail, outlook: MSGFile, limits: _Limits, depth: int) -> None:
+    for attachment in getattr(outlook, "attachments", None) or []:
+        try:
+            _read_outlook_attachment(mail, attachment, limits, depth)
+        except Exception as exc:
+            # One broken attachment must not cost the others.
+            mail.defects.append(f"attachment unreadable: {_describe(exc)}")
+
+
+def _read_outlook_attachment(mail: ParsedMail, attachment: object, limits: _Limits, depth: int) -> None:
+    data = getattr(attachment, "data", None)
+    if getattr(attachment, "type", None) == AttachmentType.MSG and isinstance(data, MSGFile):
+        # An embedded message shares its parent's OLE file, which the
+        # parent closes.
+        embedded = data
+        _add_nested(mail, limits, depth, lambda: _mail_from_embedded(embedded, limits, depth + 1))
+        return
+    if not isinstance(data, bytes):
+        return
+
+    name = _clean(getattr(attachment, "longFilename", None) or getattr(attachment, "name", None) or "").lower()
+    mimetype = (getattr(attachment, "mimetype", None) or "").lower()
+    if name.endswith(".msg") or mimetype in OUTLOOK_TYPES:
+        _add_nested(mail, limits, depth, lambda: _parse_outlook(data, limits, depth + 1))
+    elif name.endswith(".eml") or mimetype in MESSAGE_TYPES:
+        _add_nested(mail, limits, depth, lambda: _parse_rfc5322(data, limits, depth + 1))
+
+
+def _mail_from_embedded(outlook: MSGFile, limits: _Limits, depth: int) -> ParsedMail:
+    mail = ParsedMail()
+    try:
+        _fill_from_outlook(mail, outlook, limits, depth)
+    except Exception as exc:
+        mail.defects.append(f"embedded Outlook message unreadable: {_describe(exc)}")
+    return mail
+
+
+class _QuietExtractMsg:
+    """Quiet extract-msg's logging while at least one parse runs.
+
+    extract-msg and its helpers log every property they miss at INFO, so
+    their loggers go up to WARNING. The warnings about a missing code page
+    and about overriding it are dropped as well, because `_open_outlook`
+    supplies the code page. A count shared by all threads restores the
+    old levels when the last parse leaves.
+    """
+
+    LOGGER_NAMES = ("extract_msg", "RTFDE", "olefile")
+    CODE_PAGE_LOGGER = "extract_msg.msg_classes.msg"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved_levels: dict[str, int] = {}
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                for name in self.LOGGER_NAMES:
+                    logger = logging.getLogger(name)
+                    self._saved_levels[name] = logger.level
+                    if logger.getEffectiveLevel() < logging.WARNING:
+                        logger.setLevel(logging.WARNING)
+                logging.getLogger(self.CODE_PAGE_LOGGER).addFilter(_drop_code_page_warnings)
+            self._users += 1
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                for name, level in self._saved_levels.items():
+                    logging.getLogger(name).setLevel(level)
+                logging.getLogger(self.CODE_PAGE_LOGGER).removeFilter(_drop_code_page_warnings)
+
+
+def _drop_code_page_warnings(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not message.startswith(("Encoding property not found", "You have chosen to override the string encoding"))
+
+
+_QUIET_EXTRACT_MSG = _QuietExtractMsg()
+
+
+# --- RTF bodies ---------------------------------------------------------
+
+# Groups whose text is never shown: tables, pictures, document properties.
+# Groups that start with "\*" are skipped too unless they are "htmltag".
+_RTF_HIDDEN_DESTINATIONS = frozenset(
+    {
+        b"fonttbl", b"colortbl", b"stylesheet", b"info", b"pict", b"object",
+        b"objdata", b"listtable", b"listoverridetable", b"revtbl", b"rsidtbl",
+        b"filetbl", b"header", b"headerl", b"headerr", b"headerf", b"footer",
+        b"footerl", b"footerr", b"footerf", b"fldinst", b"xmlnstbl",
+        b"pgdsctbl", b"themedata", b"colorschememapping", b"latentstyles",
+        b"datastore", b"nonshppict", b"shpinst",
+    }
+)  # fmt: skip
+
+_RTF_WORD_TEXT = {b"par": "\n", b"line": "\n", b"tab": "\t", b"emdash": "\u2014", b"endash": "\u2013",
+                  b"bullet": "\u2022", b"lquote": "\u2018", b"rquote": "\u2019",
+                  b"ldblquote": "\u201c", b"rdblquote": "\u201d"}  # fmt: skip
+_RTF_SYMBOL_TEXT = {b"\\": "\\", b"{": "{", b"}": "}", b"~": "\xa0", b"_": "-", b"\n": "\n", b"\r": "\n"}
+
+# Windows code page of each \fcharset value in the RTF 1.9.1 specification.
+# The values 0 (ANSI) and 1 (default) mean the document's \ansicpg.
+_RTF_CHARSET_CODE_PAGES = {
+    77: 10000, 128: 932, 129: 949, 130: 1361, 134: 936, 136: 950, 161: 1253, 162: 1254,
+    163: 1258, 177: 1255, 178: 1256, 186: 1257, 204: 1251, 222: 874, 238: 1250, 255: 437,
+}  # fmt: skip
+
+_RTF_CODE_PAGE = re.compile(rb"\\ansicpg(\d{1,5})")
+
+_RTF_TOKEN = re.compile(
+    rb"\\([a-zA-Z]{1,32})(-?\d{1,10})? ?"  # control word with its parameter and delimiter
+    rb"|\\'([0-9a-fA-F]{2})"  # one byte in the document's code page
+    rb"|\\([^a-zA-Z'])"  # control symbol
+    rb"|([{}])"
+    rb"|([^\\{}\r\n]+)"  # text
+    rb"|[\r\n]+",  # line breaks in RTF source carry no meaning
+    re.DOTALL,
+)
+
+
+def rtf_body_content(rtf: bytes) -> tuple[bool, str]:
+    """Return (is_html, content) for an RTF message body, in one linear pass.
+
+    Outlook wraps an HTML body in RTF (marked "\\fromhtml1") as described in
+    Microsoft's [MS-OXRTFEX]: the HTML markup sits in "{\\*\\htmltag ...}"
+    groups, and text between "\\htmlrtf" and "\\htmlrtf0" exists only for
+    RTF readers. The same rules give the visible text of a plain RTF body.
+    extract-msg's own de-encapsulation (RTFDE, a full grammar parser) was
+    more than 100 times slower on the Outlook sample files.
+    """
+    reader = _RtfReader()
+    position = 0
+    while position < len(rtf):
+        token = _RTF_TOKEN.match(rtf, position)
+        if token is None:
+            position += 1
+            continue
+        position = reader.feed(token, token.end())
+    return reader.result()
+
+
+class _RtfReader:
+    """State of `rtf_body_content`: one RTF token at a time, group state on a stack."""
+
+    def __init__(self) -> None:
+        self.document_codec = "cp1252"
+        self.is_html = False
+        self.pieces: list[str] = []
+        # \'hh bytes are decoded together, because a character of a
+        # multi-byte code page such as Shift-JIS spans two of them.
+        self.pending = bytearray()
+        self.font_codecs: dict[int, str] = {}
+        self.font_being_defined: int | None = None
+        self.stack: list[_RtfGroup] = []
+        self.group = _RtfGroup()
+        self.group_start = False
+        self.starred = False
+        self.skip_next = 0  # fallback characters still to drop after \uN
+
+    def result(self) -> tuple[bool, str]:
+        self.flush()
+        # \uN gives UTF-16 code units, and this joins their surrogate pairs.
+        content = "".join(self.pieces).encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+        return self.is_html, content
+
+    def flush(self) -> None:
+        if self.pending:
+            self.pieces.append(self.pending.decode(self.group.codec or self.document_codec, "replace"))
+            self.pending.clear()
+
+    def feed(self, token: re.Match[bytes], position: int) -> int:
+        """Handle one token and return where the next token starts."""
+        word, parameter, hex_byte, symbol, brace, text = token.groups()
+        if hex_byte is None:
+            self.flush()
+
+        if brace is not None:
+            self._brace(brace)
+        elif symbol == b"*" and self.group_start:
+            self.starred = True
+        elif word is not None:
+            value = int(parameter) if parameter else None
+            if word == b"bin" and value is not None and value > 0:
+                # Raw binary data follows, which may contain any byte.
+                return position + value
+            self._control_word(word, value)
+        else:
+            self.group_start = False
+            if self.group.shows_text():
+                self._text(hex_byte, symbol, text)
+        return position
+
+    def _brace(self, brace: bytes) -> None:
+        if brace == b"{":
+            self.stack.append(self.group)
+            self.group = self.group.copy()
+            self.group_start, self.starred = True, False
+        else:
+            if self.stack:
+                self.group = self.stack.pop()
+            self.group_start = self.starred = False
+
+    def _control_word(self, word: bytes, value: int | None) -> None:
+        group = self.group
+        if self.group_start:
+            self.group_start = False
+            if self.starred and word == b"htmltag":
+                group.in_htmltag = True
+            elif self.starred or word in _RTF_HIDDEN_DESTINATIONS:
+                group.hidden = True
+                group.in_font_table = word == b"fonttbl"
+
+        if group.in_font_table:
+            self._font_table_word(word, value)
+            return
+        if group.hidden:
+            return
+
+        if word == b"htmlrtf":
+            group.htmlrtf = value != 0
+        elif word == b"fromhtml" and value != 0:
+            self.is_html = True
+        elif word == b"ansicpg" and value is not None:
+            self.document_codec = _rtf_codec(value) or self.document_codec
+        elif word == b"f" and value is not None:
+            group.codec = self.font_codecs.get(value)
+        elif word == b"uc" and value is not None:
+            group.unicode_skip = max(0, value)
+        elif word == b"u" and value is not None and group.shows_text():
+            self.pieces.append(chr(value % 0x10000))
+            self.skip_next = group.unicode_skip
+        elif word in _RTF_WORD_TEXT and group.shows_text():
+            self.pieces.append(_RTF_WORD_TEXT[word])
+
+    def _font_table_word(self, word: bytes, value: int | None) -> None:
+        if word == b"f":
+            self.font_being_defined = value
+        elif word == b"fcharset" and value is not None and self.font_being_defined is not None:
+            codec = _rtf_codec(_RTF_CHARSET_CODE_PAGES.get(value, 0))
+            if codec is not None:
+                self.font_codecs[self.font_being_defined] = codec
+
+    def _text(self, hex_byte: bytes | None, symbol: bytes | None, text: bytes | None) -> None:
+        if hex_byte is not None:
+            if self.skip_next:
+                self.skip_next -= 1
+            else:
+                self.pending.append(int(hex_byte, 16))
+        elif symbol is not None:
+            if symbol in _RTF_SYMBOL_TEXT:
+                self.pieces.append(_RTF_SYMBOL_TEXT[symbol])
+        elif text is not None:
+            if self.skip_next:
+                dropped = min(self.skip_next, len(text))
+                text = text[dropped:]
+                self.skip_next -= dropped
+            if text:
+                self.pieces.append(text.decode(self.group.codec or self.document_codec, "replace"))
+
+
+@dataclass
+class _RtfGroup:
+    """Properties that an RTF group inherits from its parent and loses at its "}"."""
+
+    hidden: bool = False
+    in_font_table: bool = False
+    htmlrtf: bool = False
+    in_htmltag: bool = False
+    unicode_skip: int = 1
+    #: Code page of the current font, when its \fcharset names one.
+    codec: str | None = None
+
+    def copy(self) -> _RtfGroup:
+        return dataclasses.replace(self)
+
+    def shows_text(self) -> bool:
+        return not self.hidden and (self.in_htmltag or not self.htmlrtf)
+
+
+def _rtf_codec(code_page: int) -> str | None:
+    if code_page <= 0:
+        return None
+    name = f"cp{code_page}"
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return None
+    return name
+
+
+# --- text decoding ------------------------------------------------------
+
+
+def _decode_bytes(data: bytes, charset: str | None) -> str:
+    """Decode `data` by its declared charset, else as UTF-8, else as Latin-1; never raise.
+
+    A declared US-ASCII is often wrong about 8-bit text, so it counts as no
+    declaration. A declared charset that does not fit the bytes is tried
+    after UTF-8, with undecodable bytes replaced.
+    """
+    declared = (charset or "").strip().strip("\"'").lower()
+    if declared in ("us-ascii", "ascii", "ansi_x3.4-1968"):
+        declared = ""
+
+    if declared:
+        decoded = _try_decode(data, declared, "strict")
+        if decoded is not None:
+            return decoded
+    decoded = _try_decode(data, "utf-8", "strict")
+    if decoded is not None:
+        return decoded
+    if declared:
+        decoded = _try_decode(data, declared, "replace")
+        if decoded is not None:
+            return decoded
+    return data.decode("latin-1")
+
+
+def _try_decode(data: bytes, charset: str, errors: str) -> str | None:
+    try:
+        return data.decode(charset, errors)
+    except (LookupError, ValueError, TypeError):
+        # LookupError: unknown charset, or a bytes-to-bytes codec such as
+        # "base64". ValueError covers UnicodeDecodeError and odd names.
+        return None
+
+
+def _html_meta_charset(data: bytes) -> str | None:
+    if data.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    match = _META_CHARSET.search(data[:4096])
+    return match.group(1).decode("ascii") if match else None
+
+
+def _repair_8bit(text: str) -> str:
+    """Re-decode raw 8-bit bytes that the email package kept as surrogate escapes."""
+    if not _SURROGATE.search(text):
+        return text
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "replace")
+    return _decode_bytes(data, None)
+
+
+def _clean(text: str) -> str:
+    # PostgreSQL text columns reject NUL, and no mail means one.
+    return _repair_8bit(text).replace("\x00", "")
+
+
+def _clean_body(text: str) -> str:
+    return _LINE_BREAK.sub("\n", _clean(text))
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
