@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from syncd.redact import install_log_filter
+
 #: Loggers of libraries that log request headers, bodies or tokens at DEBUG
 #: (exchangelib logs the Authorization header, requests_oauthlib the client
 #: secret). They stay at WARNING whatever syncd's own level is.
@@ -18,6 +20,7 @@ def configure_logging(level: str = "INFO") -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
+        install_log_filter(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("syncd").setLevel(level)
     logging.getLogger("crmstore").setLevel(level)

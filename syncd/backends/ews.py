@@ -1,0 +1,600 @@
+"""The mailbox backend for Exchange Web Services, on exchangelib 5.6.
+
+One `EwsBackend` serves one mailbox on one EWS endpoint with one credentials
+object and one exchangelib `Configuration` for its lifetime. It never retries:
+the sync loop retries `TransientBackendError` and reads its `retry_after`.
+
+The module also provides the credentials factory (`make_credentials`, with an
+msal-backed OAuth 2.0 path). `syncd.redact` keeps exchangelib's and
+requests-oauthlib's tokens, passwords and SOAP bodies out of syncd's logs.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import suppress
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+from exchangelib import (
+    Account,
+    Build,
+    Configuration,
+    Credentials,
+    FailFast,
+    OAuth2AuthorizationCodeCredentials,
+    Version,
+)
+from exchangelib import UTC as EWS_UTC
+from exchangelib.credentials import DELEGATE, IMPERSONATION, BaseCredentials, BaseOAuth2Credentials
+from exchangelib.errors import ErrorFolderExists, ErrorInternalServerTransientError, ErrorItemNotFound, ErrorServerBusy
+from exchangelib.folders import SHALLOW, Folder as ExchangeFolder, SingleFolderQuerySet
+from exchangelib.items import ID_ONLY, MOVE_TO_DELETED_ITEMS, Message
+from exchangelib.properties import FolderId
+from exchangelib.protocol import Protocol
+from exchangelib.services import CreateFolder, SyncFolderItems
+from exchangelib.transport import BASIC, NTLM, OAUTH2
+from oauthlib.oauth2 import OAuth2Token
+from oauthlib.oauth2.rfc6749 import errors as oauth_errors
+
+from syncd.auth import DEFAULT_AUTHORITY_HOST, EWS_SCOPE, token_provider_for
+from syncd.backends.base import Batch, FeedbackRequest, Folder, FolderReport, Item
+from syncd.backends.ews_errors import ews_errors
+from syncd.redact import redact_secrets
+from syncd.errors import BackendError, ConfigError
+from syncd.mail import Outcome
+
+log = logging.getLogger("syncd.ews")
+
+#: Exchange 2016 CU23. Pinning a build skips exchangelib's version probe, and
+#: exchangelib 5.6 sends RequestServerVersion "Exchange2016" for every 2016,
+#: 2019, SE and Exchange Online build anyway.
+EXCHANGE_BUILD = Build(15, 1, 2507, 6)
+
+#: Maximum MaxChangesReturned of SyncFolderItems, per Microsoft's EWS reference.
+MAX_SYNC_PAGE = 512
+
+ACCESS_TYPES = (IMPERSONATION, DELEGATE)
+POST_ACTIONS = ("keep", "move", "delete")
+
+#: Fields read per new item: the MIME bytes, and the Message-ID for log lines.
+MIME_FIELDS = ("mime_content", "message_id")
+
+
+# -- credentials -------------------------------------------------------------------
+
+TokenProvider = Callable[[], Mapping[str, Any]]
+"""Returns an msal-style token result: access_token, token_type and expires_in (seconds)."""
+
+
+class BasicCredentials(Credentials):
+    """A username and password sent with HTTP Basic authentication."""
+
+    auth_type = BASIC
+
+
+class NtlmCredentials(Credentials):
+    """A username (DOMAIN\\user or UPN) and password for NTLM authentication."""
+
+    auth_type = NTLM
+
+
+class ProvidedTokenCredentials(OAuth2AuthorizationCodeCredentials):
+    """OAuth 2.0 credentials whose access tokens come from a token provider such as msal.
+
+    The authorization-code class is the base because exchangelib clears the
+    token of client-credentials classes whenever it closes a session, and then
+    fetches one itself. Without a client id and secret, requests-oauthlib never
+    refreshes on its own: it raises TokenExpiredError, exchangelib calls
+    `refresh()`, builds a new session and sends the request again.
+
+    exchangelib keys its connection pools on the hash of the credentials, which
+    covers every attribute, so all attributes here are hashable.
+    """
+
+    auth_type = OAUTH2
+
+    def __init__(
+        self, token_provider: TokenProvider, *, tenant_id: str | None = None, expiry_margin: int = 30
+    ) -> None:
+        super().__init__(tenant_id=tenant_id)
+        self.token_provider = token_provider
+        #: Seconds before the provider's expiry at which a token counts as expired.
+        self.expiry_margin = expiry_margin
+        # exchangelib caches `client` in __dict__ on first use, which changes
+        # the hash; creating it now keeps one pool for this object's lifetime.
+        self.client  # noqa: B018
+
+    def session_params(self) -> dict[str, Any]:
+        # The first token is fetched lazily, so building a backend makes no network call.
+        with self.lock:
+            if self.access_token is None:
+                self.access_token = self._new_token()
+        return super().session_params()
+
+    def refresh(self, session: requests.Session) -> None:
+        with self.lock:
+            self.access_token = self._new_token()
+
+    def _new_token(self) -> OAuth2Token:
+        result = self.token_provider()
+        access_token = result.get("access_token")
+        if not access_token:
+            raise oauth_errors.MissingTokenError(description="the token provider returned no access_token")
+        expires_in = int(result.get("expires_in", 3600))
+        lifetime = expires_in - self.expiry_margin if expires_in > self.expiry_margin else expires_in
+        if lifetime <= 0:
+            # exchangelib retries at once on an expired token, so accepting one would loop.
+            raise oauth_errors.InvalidTokenError(
+                description=f"the token provider returned a token that expires in {expires_in} s"
+            )
+        return OAuth2Token(
+            {
+                "access_token": access_token,
+                "token_type": result.get("token_type", "Bearer"),
+                "expires_in": expires_in,
+                # An absolute expiry keeps sessions built later from treating
+                # an old token as fresh.
+                "expires_at": time.time() + lifetime,
+            }
+        )
+
+
+def make_credentials(
+    auth: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    tenant_id: str | None = None,
+    client_id: str | None = None,
+    client_secret: str | None = None,
+    token_provider: TokenProvider | None = None,
+    authority_host: str = DEFAULT_AUTHORITY_HOST,
+) -> BaseCredentials:
+    """Build exchangelib credentials for "basic" or "ntlm" (username and password) or "oauth2".
+
+    For "oauth2", tokens come from `token_provider` when given, else from the
+    process's shared msal provider for `tenant_id`, `client_id` and
+    `client_secret` at `authority_host`. Build credentials once per service
+    account and keep them: exchangelib caches a connection pool per
+    credentials object and never evicts it.
+    """
+    if auth in ("basic", "ntlm"):
+        if not username or not password:
+            raise ConfigError(f"EWS auth {auth!r} needs a username and a password; set both.")
+        credentials_class = BasicCredentials if auth == "basic" else NtlmCredentials
+        return credentials_class(username, password)
+    if auth == "oauth2":
+        if token_provider is None:
+            missing = [
+                name
+                for name, value in (("tenant_id", tenant_id), ("client_id", client_id), ("client_secret", client_secret))
+                if not value
+            ]
+            if missing:
+                raise ConfigError(
+                    f"EWS auth 'oauth2' needs {', '.join(missing)} (or a token provider); set them."
+                )
+            token_provider = token_provider_for(
+                str(tenant_id), str(client_id), str(client_secret), EWS_SCOPE, authority_host=authority_host
+            )
+        return ProvidedTokenCredentials(token_provider, tenant_id=tenant_id)
+    raise ConfigError(f"EWS auth {auth!r} is not supported; use 'basic', 'ntlm' or 'oauth2'.")
+
+
+def auth_type_of(credentials: BaseCredentials) -> str:
+    """Return the exchangelib auth type for a credentials object (NTLM for plain `Credentials`)."""
+    declared = getattr(credentials, "auth_type", None)
+    if isinstance(declared, str):
+        return declared
+    if isinstance(credentials, BaseOAuth2Credentials):
+        return OAUTH2
+    return NTLM
+
+
+# -- retry policy --------------------------------------------------------------------
+
+
+class ThrottlingFailFast(FailFast):
+    """exchangelib's FailFast, with HTTP 429 and Retry-After reported as ErrorServerBusy.
+
+    Under FailFast, exchangelib 5.6 treats 429 as a malformed response and
+    drops the Retry-After of a 503. This policy raises ErrorServerBusy for
+    both, with `back_off` set to the Retry-After seconds (None without one).
+    """
+
+    def raise_response_errors(self, response: requests.Response) -> None:
+        if response.status_code == 429:
+            raise ErrorServerBusy("HTTP 429 Too Many Requests", back_off=retry_after_seconds(response))
+        try:
+            super().raise_response_errors(response)
+        except ErrorInternalServerTransientError as exc:
+            retry_after = retry_after_seconds(response)
+            if retry_after is None:
+                raise
+            raise ErrorServerBusy(f"{exc} with Retry-After {retry_after:g} s", back_off=retry_after) from exc
+
+
+def retry_after_seconds(response: requests.Response) -> float | None:
+    """Return the Retry-After header as seconds (RFC 9110: delay-seconds or an HTTP-date), or None."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+
+
+# -- the backend ---------------------------------------------------------------------
+
+
+class EwsBackend:
+    """One Exchange mailbox through EWS: sync folders, new items with their MIME, and feedback.
+
+    `folder_names` are display names of sync folders directly below the top
+    of information store. With `inbound`, the Inbox is the only sync folder.
+    `categories` maps an outcome ("filed", "unmatched", "failed",
+    "duplicate") to the Outlook category added to the item. `post_action`
+    "move" moves a handled item into the subfolder `processed_folder_name`
+    of its sync folder, and "delete" moves it to Deleted Items, where the
+    user can still restore it. `batch_size` is the SyncFolderItems page size
+    and the GetItem, UpdateItem and MoveItem chunk size. `timeout` is in
+    seconds per HTTP request.
+    """
+
+    kind = "ews"
+
+    def __init__(
+        self,
+        mailbox: str,
+        *,
+        endpoint: str,
+        credentials: BaseCredentials,
+        access: str = IMPERSONATION,
+        folder_names: Sequence[str] = (),
+        inbound: bool = False,
+        categories: Mapping[str, str] | None = None,
+        post_action: str = "keep",
+        processed_folder_name: str | None = None,
+        batch_size: int = 50,
+        timeout: float = 120,
+        max_connections: int = 2,
+    ) -> None:
+        _check_settings(
+            mailbox, endpoint, access, folder_names, inbound, post_action, processed_folder_name,
+            batch_size, timeout, max_connections,
+        )
+        self.mailbox = mailbox
+        self._folder_names = list(folder_names)
+        self._inbound = inbound
+        self._categories = _checked_categories(categories or {})
+        self._post_action = post_action
+        self._processed_folder_name = processed_folder_name
+        self._batch_size = batch_size
+        self._processed_folders: dict[str, ExchangeFolder] = {}
+
+        self._config = Configuration(
+            service_endpoint=endpoint,
+            credentials=credentials,
+            auth_type=auth_type_of(credentials),
+            version=Version(build=EXCHANGE_BUILD),
+            retry_policy=ThrottlingFailFast(),
+            max_connections=max_connections,
+        )
+        self._account = Account(
+            mailbox,
+            config=self._config,
+            access_type=access,
+            autodiscover=False,
+            default_timezone=EWS_UTC,
+        )
+
+        # exchangelib keeps one Protocol per (endpoint, credentials) for the
+        # process, so backends that share a credentials object also share the
+        # timeout set last and the max_connections set first. RETRY_WAIT
+        # (class default 10 s) is what exchangelib reports as the back-off of
+        # a busy signal that carried none; 0 lets the sync loop tell "no hint"
+        # from a hint.
+        protocol = self._account.protocol
+        protocol.TIMEOUT = timeout
+        protocol.RETRY_WAIT = 0
+
+    # -- folders ---------------------------------------------------------------
+
+    def ensure_folders(self) -> list[FolderReport]:
+        """Find the sync folders below the top of information store by name and create the missing ones.
+
+        An inbound mailbox has one sync folder, its Inbox, which is never created.
+        """
+        with ews_errors(self.mailbox, "folder lookup"):
+            if self._inbound:
+                inbox = self._account.inbox
+                return [FolderReport(Folder(key=inbox.id, name=inbox.name or "Inbox"), created=False)]
+            top = self._account.msg_folder_root
+
+        reports = []
+        for name in self._folder_names:
+            with ews_errors(self.mailbox, f"lookup of folder {name!r}"):
+                found = self._find_child(top, name)
+            if found is not None:
+                reports.append(FolderReport(Folder(key=found.id, name=found.name or name), created=False))
+                continue
+            with ews_errors(self.mailbox, f"creation of folder {name!r}"):
+                created, is_new = self._create_child(top, name)
+            if is_new:
+                log.info("Created sync folder %r in mailbox %s", name, self.mailbox)
+            reports.append(FolderReport(Folder(key=created.id, name=name), created=is_new))
+        return reports
+
+    def _find_child(self, parent: ExchangeFolder, name: str) -> ExchangeFolder | None:
+        # This sends one shallow FindFolder with a DisplayName restriction.
+        # `only("name")` avoids the GetFolder that exchangelib's `//` sends for
+        # the match, and `/` would crawl the whole folder tree first.
+        query = SingleFolderQuerySet(account=self._account, folder=parent).depth(SHALLOW).only("name")
+        for found in query.filter(name=name):
+            if isinstance(found, Exception):
+                raise found
+            return found
+        return None
+
+    def _create_child(self, parent: ExchangeFolder, name: str) -> tuple[ExchangeFolder, bool]:
+        """Create a mail folder under `parent` and return it, with False when another client was quicker."""
+        # IPF.Note makes Outlook show the folder as a mail folder.
+        spec = ExchangeFolder(root=self._account.root, name=name, folder_class="IPF.Note")
+        try:
+            return CreateFolder(account=self._account).get(parent_folder=parent, folders=[spec]), True
+        except ErrorFolderExists:
+            found = self._find_child(parent, name)
+            if found is None:
+                raise
+            return found, False
+
+    # -- new items ----------------------------------------------------------------
+
+    def batches(self, folder: Folder, state: str | None) -> Iterator[Batch]:
+        """Yield one batch per SyncFolderItems page, with the MIME of the items created in it.
+
+        Update, delete and read-flag changes are skipped: syncd's own category
+        writes come back as updates, and moves out of the folder as deletes.
+        """
+        service = SyncFolderItems(account=self._account)
+        folder_id = FolderId(id=folder.key)
+        while True:
+            with ews_errors(self.mailbox, f"sync of folder {folder.name!r}", sync_state_sent=bool(state)):
+                changes = list(
+                    service.call(
+                        folder=folder_id,
+                        shape=ID_ONLY,
+                        additional_fields=None,
+                        sync_state=state,
+                        ignore=None,
+                        max_changes_returned=self._batch_size,
+                        sync_scope="NormalItems",
+                    )
+                )
+            state = service.sync_state
+            created = [item for change, item in changes if change == SyncFolderItems.CREATE]
+            log.debug(
+                "Mailbox %s folder %r: %d changes, %d new items",
+                self.mailbox, folder.name, len(changes), len(created),
+            )
+            yield Batch(folder=folder, items=self._fetch_items(folder, created), state=state)
+            if service.includes_last_item_in_range:
+                return
+
+    def _fetch_items(self, folder: Folder, created: list[Message]) -> list[Item]:
+        if not created:
+            return []
+        ids = [(message.id, message.changekey) for message in created]
+        with ews_errors(self.mailbox, f"GetItem in folder {folder.name!r}"):
+            results = list(
+                self._account.fetch(ids=ids, only_fields=list(MIME_FIELDS), chunk_size=self._batch_size)
+            )
+        return [
+            self._item_from_result(folder, message.id, result)
+            for message, result in zip(created, results, strict=True)
+        ]
+
+    def _item_from_result(self, folder: Folder, item_id: str, result: Message | Exception) -> Item:
+        if isinstance(result, Exception):
+            error = f"GetItem failed: {type(result).__name__}: {redact_secrets(str(result))}"
+        elif result.mime_content is None:
+            # exchangelib sets the field to None when Exchange sends MIME that
+            # is not valid base64, which happens for some very large messages.
+            error = f"Exchange returned no readable MIME content (Message-ID {result.message_id})"
+        else:
+            return Item(folder=folder, item_id=item_id, raw=bytes(result.mime_content))
+        log.warning("Mailbox %s: item %s in folder %r kept as failed: %s", self.mailbox, item_id, folder.name, error)
+        return Item(folder=folder, item_id=item_id, raw=None, error=error)
+
+    # -- feedback -------------------------------------------------------------------
+
+    def apply_feedback(self, requests: list[FeedbackRequest]) -> list[FeedbackRequest]:
+        """Append each outcome's category to the item's categories, then keep, move or delete it.
+
+        Categories are read and written in bulk; an item that no longer
+        exists counts as applied, because nothing is left to tell.
+        """
+        if not requests:
+            return []
+        by_item: dict[str, list[FeedbackRequest]] = {}
+        for request in requests:
+            by_item.setdefault(request.item_id, []).append(request)
+
+        vanished, tagged = self._tag(by_item)
+        if self._post_action == "keep":
+            done = vanished + list(tagged)
+        else:
+            done = vanished + self._post_process(tagged, by_item)
+        return [request for item_id in done for request in by_item[item_id]]
+
+    def _tag(self, by_item: dict[str, list[FeedbackRequest]]) -> tuple[list[str], list[str]]:
+        """Write the categories and return the ids of vanished items and of items that now carry theirs."""
+        item_ids = list(by_item)
+        with ews_errors(self.mailbox, "GetItem of categories"):
+            current = list(
+                self._account.fetch(
+                    ids=[(item_id, None) for item_id in item_ids],
+                    only_fields=["categories"],
+                    chunk_size=self._batch_size,
+                )
+            )
+
+        vanished: list[str] = []
+        tagged: list[str] = []
+        updates: list[tuple[str, Message]] = []
+        for item_id, result in zip(item_ids, current, strict=True):
+            if self._settled_by_error(item_id, result, "reading categories", vanished):
+                continue
+            requested = [self._categories[r.outcome] for r in by_item[item_id] if r.outcome in self._categories]
+            existing = list(result.categories or [])
+            missing = [name for name in dict.fromkeys(requested) if name not in existing]
+            if not missing:
+                tagged.append(item_id)
+                continue
+            result.categories = existing + missing
+            updates.append((item_id, result))
+
+        if updates:
+            with ews_errors(self.mailbox, "UpdateItem of categories"):
+                written = self._account.bulk_update(
+                    items=[(item, ["categories"]) for _, item in updates], chunk_size=self._batch_size
+                )
+            for (item_id, _), result in zip(updates, written, strict=True):
+                if not self._settled_by_error(item_id, result, "writing categories", vanished):
+                    tagged.append(item_id)
+        return vanished, tagged
+
+    def _post_process(self, item_ids: list[str], by_item: dict[str, list[FeedbackRequest]]) -> list[str]:
+        """Move or delete tagged items; return the ids that are done."""
+        done: list[str] = []
+        if not item_ids:
+            return done
+        if self._post_action == "delete":
+            with ews_errors(self.mailbox, "DeleteItem"):
+                results = self._account.bulk_delete(
+                    ids=[(item_id, None) for item_id in item_ids],
+                    delete_type=MOVE_TO_DELETED_ITEMS,
+                    chunk_size=self._batch_size,
+                )
+            self._collect_done(item_ids, results, "deleting", done)
+            return done
+
+        by_folder: dict[str, list[str]] = {}
+        for item_id in item_ids:
+            by_folder.setdefault(by_item[item_id][0].folder_key, []).append(item_id)
+        for folder_key, folder_item_ids in by_folder.items():
+            target = self._processed_folder(folder_key)
+            try:
+                with ews_errors(self.mailbox, f"MoveItem to {self._processed_folder_name!r}"):
+                    results = self._account.bulk_move(
+                        ids=[(item_id, None) for item_id in folder_item_ids],
+                        to_folder=target,
+                        chunk_size=self._batch_size,
+                    )
+            except BackendError:
+                # The user may have deleted the folder; look it up again next time.
+                self._processed_folders.pop(folder_key, None)
+                raise
+            self._collect_done(folder_item_ids, results, "moving", done)
+        return done
+
+    def _processed_folder(self, folder_key: str) -> ExchangeFolder:
+        """Return the processed-items folder under a sync folder, creating it on first use."""
+        cached = self._processed_folders.get(folder_key)
+        if cached is not None:
+            return cached
+        name = str(self._processed_folder_name)
+        with ews_errors(self.mailbox, f"lookup of folder {name!r}"):
+            parent = ExchangeFolder(root=self._account.root, id=folder_key)
+            folder = self._find_child(parent, name)
+            if folder is None:
+                folder, _ = self._create_child(parent, name)
+                log.info("Created folder %r for processed items in mailbox %s", name, self.mailbox)
+        self._processed_folders[folder_key] = folder
+        return folder
+
+    def _collect_done(self, item_ids: list[str], results: Iterable[object], action: str, done: list[str]) -> None:
+        for item_id, result in zip(item_ids, results, strict=True):
+            if not self._settled_by_error(item_id, result, action, done):
+                done.append(item_id)
+
+    def _settled_by_error(self, item_id: str, result: object, action: str, vanished: list[str]) -> bool:
+        """Return True when `result` is a per-item error, and add the item to `vanished` when it no longer exists."""
+        if isinstance(result, ErrorItemNotFound):
+            log.info("Mailbox %s: item %s no longer exists; skipped %s", self.mailbox, item_id, action)
+            vanished.append(item_id)
+            return True
+        if isinstance(result, Exception):
+            log.warning(
+                "Mailbox %s: %s failed for item %s: %s: %s; it is tried again on a later pass",
+                self.mailbox, action, item_id, type(result).__name__, redact_secrets(str(result)),
+            )
+            return True
+        return False
+
+    # -- lifetime -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the pooled HTTP sessions and drop the cached protocol of this configuration."""
+        self._account.protocol.close()
+        with suppress(KeyError):
+            del Protocol[self._config]
+
+
+def _check_settings(
+    mailbox: str,
+    endpoint: str,
+    access: str,
+    folder_names: Sequence[str],
+    inbound: bool,
+    post_action: str,
+    processed_folder_name: str | None,
+    batch_size: int,
+    timeout: float,
+    max_connections: int,
+) -> None:
+    if "@" not in mailbox:
+        raise ConfigError(f"mailbox {mailbox!r} is not an SMTP address; give the primary address, e.g. ola@example.no.")
+    if not endpoint.startswith(("https://", "http://")):
+        raise ConfigError(
+            f"EWS endpoint {endpoint!r} is not an http(s) URL; give e.g. https://mail.example.no/EWS/Exchange.asmx."
+        )
+    if access not in ACCESS_TYPES:
+        raise ConfigError(f"EWS access {access!r} is invalid; use 'impersonation' or 'delegate'.")
+    if not inbound and not folder_names:
+        raise ConfigError(f"mailbox {mailbox} has no sync folder names; give at least one, e.g. ['CRM-arkiv'].")
+    if post_action not in POST_ACTIONS:
+        raise ConfigError(f"post action {post_action!r} is invalid; use 'keep', 'move' or 'delete'.")
+    if post_action == "move" and not processed_folder_name:
+        raise ConfigError("post action 'move' needs processed_folder_name, e.g. 'Behandlet'.")
+    if not 1 <= batch_size <= MAX_SYNC_PAGE:
+        raise ConfigError(f"batch size {batch_size!r} is out of range; EWS accepts 1 to {MAX_SYNC_PAGE}.")
+    if timeout <= 0:
+        raise ConfigError(f"EWS timeout {timeout!r} must be a positive number of seconds.")
+    if max_connections < 1:
+        raise ConfigError(f"max_connections {max_connections!r} must be at least 1.")
+
+
+def _checked_categories(categories: Mapping[str, str]) -> dict[Outcome, str]:
+    checked: dict[Outcome, str] = {}
+    for outcome, name in categories.items():
+        try:
+            key = Outcome(outcome)
+        except ValueError:
+            valid = ", ".join(o.value for o in Outcome)
+            raise ConfigError(f"category outcome {outcome!r} is unknown; use one of {valid}.") from None
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"category name for outcome {key.value!r} is empty; give an Outlook category name.")
+        checked[key] = name
+    return checked

@@ -1,0 +1,1 @@
+"""In-process fake servers that speak the real wire protocols, for tests."""
