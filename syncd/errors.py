@@ -6,7 +6,8 @@
         ├── TransientBackendError   throttling, time-outs, resets: retried
         ├── SyncStateInvalidError   the stored cursor is rejected: the folder restarts
         └── PermanentBackendError   retrying will not help until an admin acts
-            └── BackendAuthError    credentials or permissions are rejected
+            ├── BackendAuthError    credentials or permissions are rejected
+            └── FolderNotFoundError a stored sync folder is gone
 
 Outcomes of a mail (filed, unmatched, duplicate) are not exceptions; see
 `syncd.mail.Outcome`. Bad input to the CRM store raises the errors of
@@ -57,3 +58,7 @@ class PermanentBackendError(BackendError):
 
 class BackendAuthError(PermanentBackendError):
     """The server rejected the credentials or the permissions they carry."""
+
+
+class FolderNotFoundError(PermanentBackendError):
+    """A sync folder that syncd stored no longer exists; it has to be found or created again."""

@@ -57,14 +57,15 @@ def html_to_text(html: str, *, max_chars: int = 5_000_000) -> str:
     """Convert HTML to plain text, keeping every text node a browser could show or hide.
 
     CSS is ignored, so text hidden by `display:none`, white-on-white colour,
-    `font-size:0` or `mso-hide:all` is kept; that is where templates often
-    put a tracking code. Inline elements (span, a, b, font, wbr, ...) join
-    their text without a space, so a code split across tags stays in one
-    piece. Block elements start new lines. Text in <script> and <style> is
-    dropped. The <title> text is kept, as a line of its own, because a
-    template may put a merge field there; other head elements carry no text.
-    Conditional comments for Outlook are parsed as HTML; other comments are
-    dropped. Input beyond `max_chars` characters is cut off unread.
+    `font-size:0` or `mso-hide:all` is kept, because that is where templates
+    often put a tracking code. Inline elements (span, a, b, font, wbr, ...)
+    join their text without a space, so a code split across tags stays in
+    one piece. Block elements start new lines. Text in <script>, <style> and
+    Office <xml> settings is dropped. The <title> text is kept as a line of
+    its own, because a template may put a merge field there. Conditional
+    comments for Outlook are parsed as HTML, and other comments are dropped.
+    Input beyond `max_chars` characters is cut off unread. The time taken
+    grows linearly with the input.
     """
     converter = _TextCollector()
     converter.feed(_escape_unclosed_tags(html[:max_chars]))
@@ -88,7 +89,7 @@ def _escape_unclosed_tags(html: str) -> str:
     end = len(html)
     pieces: list[str] = []
     copied_up_to = 0
-    # Positions of the next ">" and the next comment end; `end` means none.
+    # Positions of the next ">" and the next comment end, where `end` means none.
     # Each search resumes past the previous hit, so the input is read a
     # bounded number of times.
     next_greater = -1
@@ -181,7 +182,7 @@ class _TextCollector(HTMLParser):
         # Comments cannot nest, so parsing the body of one comment again
         # reads every character at most twice and stays linear.
         match = _CONDITIONAL_COMMENT.match(data)
-        # "<!--[if !mso]><!-->" leaves "<!" as the body; the markup it
+        # "<!--[if !mso]><!-->" leaves "<!" as the body. The markup that it
         # reveals follows the comment and is parsed as usual.
         if match is None or match["body"].strip() == "<!":
             return

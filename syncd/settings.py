@@ -49,6 +49,28 @@ class LimitSettings(BaseModel, extra="forbid"):
     max_html_chars: int = Field(5_000_000, gt=0)
 
 
+class EwsSettings(BaseModel, extra="forbid"):
+    #: Seconds one EWS request may take before it counts as timed out.
+    timeout_seconds: float = Field(120.0, gt=0)
+    #: Concurrent EWS requests per service account, shared by every mailbox
+    #: that account reaches. Exchange throttles per account, so keep it small.
+    max_connections_per_account: int = Field(4, gt=0, le=64)
+
+
+class GraphSettings(BaseModel, extra="forbid"):
+    #: Base URL of Microsoft Graph; other clouds (national clouds) have their own.
+    base_url: str = "https://graph.microsoft.com/v1.0"
+    #: Seconds one Graph request may take before it counts as timed out.
+    timeout_seconds: float = Field(60.0, gt=0)
+    #: Requests in flight per mailbox; Exchange Online allows at most 4 per app and mailbox.
+    max_concurrency: int = Field(4, ge=1, le=4)
+
+
+class EntraSettings(BaseModel, extra="forbid"):
+    #: Microsoft Entra ID sign-in host that issues app tokens (OAuth 2.0 client credentials).
+    authority_host: str = "https://login.microsoftonline.com"
+
+
 class NameSettings(BaseModel, extra="forbid"):
     """Folder and category names users see in Outlook; empty means the preset's name."""
 
@@ -92,6 +114,9 @@ class Settings(BaseSettings):
     language: Literal["nb", "en"] = "nb"
     sync: SyncSettings = SyncSettings()
     limits: LimitSettings = LimitSettings()
+    ews: EwsSettings = EwsSettings()
+    graph: GraphSettings = GraphSettings()
+    entra: EntraSettings = EntraSettings()
     names: NameSettings = NameSettings()
 
     @classmethod

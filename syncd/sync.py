@@ -22,7 +22,7 @@ from tenacity.wait import wait_random_exponential
 
 from crmstore.models import Mailbox, MailboxFolder, ProcessedItem, utcnow
 from syncd.backends.base import Batch, FeedbackRequest, Folder, MailboxBackend
-from syncd.errors import BackendError, SyncStateInvalidError, TransientBackendError
+from syncd.errors import BackendError, FolderNotFoundError, SyncStateInvalidError, TransientBackendError
 from syncd.mail import Outcome
 from syncd.pipeline import ItemResult, Pipeline
 from syncd.record import Source
@@ -95,11 +95,19 @@ class MailboxSync:
             inbound = mailbox.role == "inbound"
 
         try:
-            folders = self._retrying(address, lambda: [r.folder for r in backend.ensure_folders()])
-            self._save_folders(address, backend.kind, folders)
+            folders = self._stored_folders(address, backend.kind) or self._ensure_folders(address, backend)
             self._retry_pending_feedback(address, backend)
             for folder in folders:
-                self._sync_folder_restarting(address, backend, folder, inbound, counts)
+                try:
+                    self._sync_folder_restarting(address, backend, folder, inbound, counts)
+                except FolderNotFoundError as exc:
+                    # The user deleted or renamed a sync folder: find or
+                    # create it again and sync it from the start.
+                    log.warning("mailbox %s: %s; looking for the sync folders again", address, exc)
+                    self._forget_folders(address)
+                    for found in self._ensure_folders(address, backend):
+                        if found.name == folder.name:
+                            self._sync_folder_restarting(address, backend, found, inbound, counts)
         except Stopped:
             log.info("mailbox %s: pass stopped for shutdown after %d items", address, counts.seen)
             self._set_status(address, error=None, finished=False)
@@ -116,6 +124,28 @@ class MailboxSync:
             counts.unmatched, counts.failed, counts.duplicates,
         )
         return counts
+
+    def _ensure_folders(self, address: str, backend: MailboxBackend) -> list[Folder]:
+        folders = self._retrying(address, lambda: [report.folder for report in backend.ensure_folders()])
+        self._save_folders(address, backend.kind, folders)
+        return folders
+
+    def _stored_folders(self, address: str, kind: str) -> list[Folder]:
+        """Return the sync folders found on an earlier pass, so an idle pass costs one request per folder."""
+        with self.sessions() as session:
+            rows = session.scalars(
+                select(MailboxFolder)
+                .join(Mailbox)
+                .where(Mailbox.address == address, MailboxFolder.backend == kind)
+                .order_by(MailboxFolder.id)
+            )
+            return [Folder(row.folder_key, row.name) for row in rows]
+
+    def _forget_folders(self, address: str) -> None:
+        with self.sessions() as session, session.begin():
+            mailbox = session.scalar(select(Mailbox).where(Mailbox.address == address))
+            if mailbox is not None:
+                mailbox.folders.clear()
 
     def _sync_folder_restarting(
         self, address: str, backend: MailboxBackend, folder: Folder, inbound: bool, counts: Counts

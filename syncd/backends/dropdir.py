@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from syncd.backends.base import Batch, FeedbackRequest, Folder, FolderReport, Item, content_digest
-from syncd.errors import PermanentBackendError
+from syncd.errors import FolderNotFoundError, PermanentBackendError
 from syncd.mail import Outcome
 
 log = logging.getLogger("syncd.dropdir")
@@ -58,6 +58,10 @@ class DropDirectoryBackend:
 
     def batches(self, folder: Folder, state: str | None) -> Iterator[Batch]:
         """Yield every mail file below the directory; the drop directory keeps no cursor."""
+        if not self.root.is_dir():
+            raise FolderNotFoundError(
+                f"drop directory {str(self.root)!r} no longer exists", mailbox=str(self.root)
+            )
         items: list[Item] = []
         for path in self._mail_files():
             items.append(self._read(path))

@@ -10,8 +10,13 @@ from sqlalchemy.orm import Session
 
 from crmstore.errors import InvalidInputError, NotFoundError
 from crmstore.models import Mailbox
+from crmstore.crm import normalise_email
+from syncd.backends import BACKEND_KINDS, open_backend
 from syncd.backends.dropdir import POST_ACTIONS
+from syncd.secrets import validate_name
 from syncd.cli.context import App, pass_app, print_json
+
+EWS_AUTH = ("ntlm", "basic", "oauth2")
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
@@ -23,38 +28,164 @@ def mailbox_group() -> None:
 
 @mailbox_group.command("enroll")
 @click.argument("address")
-@click.option("--backend", type=click.Choice(["folder"]), required=True, help="How syncd reaches the mailbox.")
+@click.option("--backend", type=click.Choice(BACKEND_KINDS), required=True, help="How syncd reaches the mailbox.")
 @click.option("--path", type=click.Path(path_type=Path), help="Drop directory (backend folder).")
+@click.option("--endpoint", help="EWS URL, e.g. https://mail.example.com/EWS/Exchange.asmx; default: autodiscover.")
+@click.option("--auth", type=click.Choice(EWS_AUTH), help="EWS authentication (backend ews).")
+@click.option("--username", help="Service account for ntlm or basic, e.g. DOMAIN\\svc-syncd.")
+@click.option("--tenant", "tenant_id", help="Entra ID tenant ID (backend graph, or ews with auth oauth2).")
+@click.option("--client-id", help="Application (client) ID of the Entra ID app (graph, or ews with oauth2).")
+@click.option(
+    "--secret",
+    "secret_name",
+    help="Name of the secret holding the password or client secret; default: ews-password, "
+    "or entra-client-secret for oauth2. See the README on secrets.",
+)
+@click.option("--access", type=click.Choice(["impersonation", "delegate"]), default="impersonation",
+              show_default=True, help="impersonation: ApplicationImpersonation role; delegate: full access.")
 @click.option(
     "--post-action",
     type=click.Choice(POST_ACTIONS),
-    default="move",
-    show_default=True,
-    help="What happens to a file once it is recorded: keep it, move it to processed/, or delete it.",
+    help="What happens to a mail once it is recorded: keep it, move it to the processed folder, "
+    "or delete it (to Deleted Items). Default: move for folder, keep for ews and graph.",
 )
 @click.option("--role", type=click.Choice(["sync", "inbound"]), default="sync", show_default=True,
               help="sync: a user's own mailbox; inbound: a shared mailbox users forward mails to.")
 @pass_app
-def enroll(app: App, address: str, backend: str, path: Path | None, post_action: str, role: str) -> None:
+def enroll(
+    app: App,
+    address: str,
+    backend: str,
+    path: Path | None,
+    endpoint: str | None,
+    auth: str | None,
+    username: str | None,
+    tenant_id: str | None,
+    client_id: str | None,
+    secret_name: str | None,
+    access: str,
+    post_action: str | None,
+    role: str,
+) -> None:
     """Enrol the mailbox ADDRESS so that passes sync it."""
+    address = normalise_email(address)
+    if backend == "folder":
+        config = _folder_config(path, post_action or "move")
+    elif backend == "graph":
+        config = _graph_config(tenant_id, client_id, secret_name)
+        config["post_action"] = post_action or "keep"
+    else:
+        config = _ews_config(app, address, endpoint, auth, username, tenant_id, client_id, secret_name, access)
+        config["post_action"] = post_action or "keep"
+
+    with app.transaction() as session:
+        if session.scalar(select(Mailbox).where(Mailbox.address == address)) is not None:
+            raise InvalidInputError(f"mailbox {address!r} is already enrolled: see `syncd mailbox list`")
+        session.add(Mailbox(address=address, backend=backend, role=role, config=config))
+    where = config.get("path") or config.get("endpoint")
+    click.echo(f"enrolled {address} ({backend}, {role}) at {where}")
+
+
+def _folder_config(path: Path | None, post_action: str) -> dict[str, str]:
     if path is None:
         raise click.UsageError("--backend folder needs --path DIR")
     directory = path.expanduser().resolve()
     if not directory.is_dir():
         raise InvalidInputError(f"drop directory {str(path)!r} does not exist: create it first")
+    return {"path": str(directory), "post_action": post_action}
 
+
+def _graph_config(tenant_id: str | None, client_id: str | None, secret_name: str | None) -> dict[str, str]:
+    if not (tenant_id and client_id):
+        raise click.UsageError("--backend graph needs --tenant and --client-id")
+    return {
+        "tenant_id": tenant_id,
+        "client_id": client_id,
+        "secret": validate_name(secret_name or "entra-client-secret"),
+    }
+
+
+def _ews_config(
+    app: App,
+    address: str,
+    endpoint: str | None,
+    auth: str | None,
+    username: str | None,
+    tenant_id: str | None,
+    client_id: str | None,
+    secret_name: str | None,
+    access: str,
+) -> dict[str, str]:
+    if auth is None:
+        raise click.UsageError("--backend ews needs --auth ntlm, basic or oauth2")
+    if auth in ("ntlm", "basic") and not username:
+        raise click.UsageError(f"--auth {auth} needs --username")
+    if auth == "oauth2" and not (tenant_id and client_id):
+        raise click.UsageError("--auth oauth2 needs --tenant and --client-id")
+    secret = validate_name(secret_name or ("entra-client-secret" if auth == "oauth2" else "ews-password"))
+    config = {
+        "auth": auth,
+        "access": access,
+        "secret": secret,
+        "username": username or "",
+        "tenant_id": tenant_id or "",
+        "client_id": client_id or "",
+    }
+    if endpoint is None:
+        from syncd.backends import ews_credentials
+        from syncd.backends.ews_discover import discover_endpoint
+
+        credentials = ews_credentials({**config, "endpoint": "autodiscover"}, app.settings.entra.authority_host)
+        endpoint = discover_endpoint(address, credentials, access)
+    if not endpoint.startswith(("https://", "http://")):
+        raise InvalidInputError(f"invalid --endpoint {endpoint!r}: give the full https:// URL of EWS")
+    config["endpoint"] = endpoint
+    return config
+
+
+@mailbox_group.command("migrate")
+@click.argument("address")
+@click.option("--to", "target", type=click.Choice(["graph"]), required=True, help="The backend to move to.")
+@click.option("--tenant", "tenant_id", required=True, help="Entra ID tenant ID.")
+@click.option("--client-id", required=True, help="Application (client) ID of the Entra ID app.")
+@click.option("--secret", "secret_name", help="Name of the secret holding the client secret; default: entra-client-secret.")
+@pass_app
+def migrate(app: App, address: str, target: str, tenant_id: str, client_id: str, secret_name: str | None) -> None:
+    """Move the Exchange Online mailbox ADDRESS from EWS to Microsoft Graph.
+
+    The sync folders and everything filed stay. The EWS cursors mean nothing
+    to Graph, so the first Graph pass reads the sync folders from the start;
+    mail filed before is recognised by its Message-ID and not filed again.
+    """
     with app.transaction() as session:
-        if session.scalar(select(Mailbox).where(Mailbox.address == address.lower())) is not None:
-            raise InvalidInputError(f"mailbox {address!r} is already enrolled: see `syncd mailbox list`")
-        session.add(
-            Mailbox(
-                address=address.lower(),
-                backend=backend,
-                role=role,
-                config={"path": str(directory), "post_action": post_action},
+        mailbox = _get(session, address)
+        if mailbox.backend != "ews":
+            raise InvalidInputError(
+                f"mailbox {mailbox.address!r} uses backend {mailbox.backend!r}: only ews mailboxes move to graph"
             )
-        )
-    click.echo(f"enrolled {address.lower()} ({backend}, {role}) at {directory}")
+        config = _graph_config(tenant_id, client_id, secret_name)
+        config["post_action"] = mailbox.config.get("post_action", "keep")
+        mailbox.backend = target
+        mailbox.config = config
+        mailbox.folders.clear()
+    click.echo(f"migrated {mailbox.address} from ews to {target}; the next pass re-reads its sync folders")
+
+
+@mailbox_group.command("check")
+@click.argument("address")
+@pass_app
+def check(app: App, address: str) -> None:
+    """Connect to ADDRESS, create its sync folders if missing, and report."""
+    with app.sessions() as session:
+        mailbox = _get(session, address)
+        backend = open_backend(mailbox, app.settings)
+    try:
+        reports = backend.ensure_folders()
+    finally:
+        backend.close()
+    click.echo(f"{mailbox.address}: connected ({mailbox.backend}, {mailbox.role})")
+    for report in reports:
+        click.echo(f"  {'created' if report.created else 'found'} folder {report.folder.name!r}")
 
 
 @mailbox_group.command("list")

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install syncd, file the sample mails into a fresh SQLite CRM under ./demo, and show what went where.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+
+demo="$PWD/demo"
+rm -rf "$demo"
+mkdir -p "$demo/drop"
+cp samples/mail/*.eml "$demo/drop/"
+
+export SYNCD_DATA_DIR="$demo"
+export SYNCD_CONFIG="$PWD/settings.toml"
+export PATH="$PWD/.venv/bin:$PATH"
+
+syncd db upgrade
+syncd crm load samples/crm.json
+syncd mailbox enroll ingrid.berg@salg.example --backend folder --path "$demo/drop" --post-action move
+echo
+syncd sync --once
+echo
+echo "== Filed correspondence"
+syncd correspondence list
+echo
+echo "== Unmatched queue"
+syncd unmatched list
+echo
+echo "The CRM database is $demo/syncd.db; the filed mail files moved to $demo/drop/processed/."

@@ -1,0 +1,5 @@
+"""Lets `python -m syncd` run the CLI."""
+
+from syncd.cli.main import main
+
+main()
