@@ -18,6 +18,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
 
 # Constraint names are fixed so that Alembic migrations can refer to them on
@@ -37,6 +39,32 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class UtcDateTime(TypeDecorator[datetime]):
+    """An aware datetime in UTC on every database.
+
+    PostgreSQL keeps the zone; SQLite stores none and returns naive values,
+    which get UTC back on load. A naive value is rejected on write, because
+    its zone would be a guess.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} given for a UTC column: attach a time zone")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -46,7 +74,7 @@ class Organisation(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
     persons: Mapped[list[Person]] = relationship(back_populates="organisation")
 
@@ -59,7 +87,7 @@ class Person(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     organisation_id: Mapped[int] = mapped_column(ForeignKey("organisations.id"), index=True)
     name: Mapped[str] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
     organisation: Mapped[Organisation] = relationship(back_populates="persons")
     addresses: Mapped[list[PersonAddress]] = relationship(
@@ -87,7 +115,7 @@ class CrmUser(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(255))
     email: Mapped[str] = mapped_column(String(320), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class Record(Base):
@@ -101,7 +129,7 @@ class Record(Base):
     person_id: Mapped[int | None] = mapped_column(ForeignKey("persons.id"), nullable=True)
     title: Mapped[str] = mapped_column(String(500))
     tracking_code: Mapped[str] = mapped_column(String(24), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
     organisation: Mapped[Organisation] = relationship()
     person: Mapped[Person | None] = relationship()
@@ -125,14 +153,14 @@ class Correspondence(Base):
     #: Lists of {"email": …, "name": …}.
     to_addresses: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
     cc_addresses: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     direction: Mapped[str] = mapped_column(String(16))
     body_text: Mapped[str] = mapped_column(Text, default="")
     in_reply_to: Mapped[str | None] = mapped_column(String(998), nullable=True)
     references: Mapped[list[str]] = mapped_column(JSON, default=list)
     raw_format: Mapped[str] = mapped_column(String(8), default="eml")
     raw_mime: Mapped[bytes | None] = deferred(mapped_column(LargeBinary, nullable=True))
-    filed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    filed_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
     links: Mapped[list[CorrespondenceLink]] = relationship(
         back_populates="correspondence", cascade="all, delete-orphan", order_by="CorrespondenceLink.id"
@@ -175,9 +203,9 @@ class Mailbox(Base):
     #: "ok" or "failing"; see last_error.
     state: Mapped[str] = mapped_column(String(16), default="ok")
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    last_sync_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    last_success_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_sync_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    last_success_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
     folders: Mapped[list[MailboxFolder]] = relationship(
         back_populates="mailbox", cascade="all, delete-orphan", order_by="MailboxFolder.id"
@@ -200,7 +228,7 @@ class MailboxFolder(Base):
     name: Mapped[str] = mapped_column(String(255))
     backend: Mapped[str] = mapped_column(String(16))
     sync_state: Mapped[str | None] = mapped_column(Text, nullable=True)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
     mailbox: Mapped[Mailbox] = relationship(back_populates="folders")
 
@@ -229,7 +257,7 @@ class UnmatchedMail(Base):
     correspondence_id: Mapped[int | None] = mapped_column(
         ForeignKey("correspondence.id"), nullable=True
     )
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class ProcessedItem(Base):
@@ -257,6 +285,6 @@ class ProcessedItem(Base):
     )
     unmatched_id: Mapped[int | None] = mapped_column(ForeignKey("unmatched_mail.id"), nullable=True)
     feedback_pending: Mapped[bool] = mapped_column(Boolean, default=True)
-    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    processed_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
     correspondence: Mapped[Correspondence | None] = relationship(back_populates="sources")

@@ -12,6 +12,8 @@ cp samples/mail/*.eml "$demo/drop/"
 export SYNCD_DATA_DIR="$demo"
 export SYNCD_CONFIG="$PWD/settings.toml"
 export PATH="$PWD/.venv/bin:$PATH"
+# Per-mail log lines would bury the summary; `syncd status` and the lists below show the outcome.
+export SYNCD_LOG_LEVEL=WARNING
 
 syncd db upgrade
 syncd crm load samples/crm.json

@@ -56,7 +56,7 @@ class Daemon:
 
     def _build_syncer(self) -> None:
         self.syncer = MailboxSync(
-            self.sessions, Pipeline(self.sessions, self.settings.limits), self.settings.sync, self.stop
+            self.sessions, Pipeline.from_settings(self.sessions, self.settings), self.settings.sync, self.stop
         )
 
     def run(self) -> int:

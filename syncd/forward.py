@@ -172,7 +172,7 @@ def find_forwarded_original(mail: ParsedMail, *, assume_tz: tzinfo | None = None
 
     Dates in header blocks often lack a time zone, because clients print
     them in the forwarding user's local time. Such a date is read in
-    `assume_tz` when given; otherwise the original's date is None.
+    `assume_tz` when one is given, and otherwise the original's date is None.
     """
     if mail.nested and _looks_like_forward(mail):
         return mail.nested[0]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import tzinfo
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,10 +21,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from syncd.backends.base import Item
 from syncd.detect import find_codes
 from syncd.mail import Outcome, ParsedMail, UnmatchedReason
-from syncd.parse import parse_item
+from syncd.parse import is_unreadable, parse_item
 from syncd.record import Source, find_ledger_entry, record_filed, record_unfiled
 from syncd.resolve import resolve
-from syncd.settings import LimitSettings
+from syncd.settings import LimitSettings, Settings
 
 log = logging.getLogger("syncd.pipeline")
 
@@ -45,9 +47,19 @@ class ItemResult:
 
 
 class Pipeline:
-    def __init__(self, sessions: sessionmaker[Session], limits: LimitSettings) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        limits: LimitSettings,
+        local_timezone: tzinfo | None = None,
+    ) -> None:
         self.sessions = sessions
         self.limits = limits
+        self.local_timezone = local_timezone
+
+    @classmethod
+    def from_settings(cls, sessions: sessionmaker[Session], settings: Settings) -> Pipeline:
+        return cls(sessions, settings.limits, ZoneInfo(settings.local_timezone))
 
     def process(self, item: Item, source: Source, *, inbound: bool = False) -> ItemResult:
         """Record one item exactly once and return its outcome."""
@@ -101,11 +113,19 @@ class Pipeline:
                 max_depth=self.limits.max_nesting_depth,
                 max_html_chars=self.limits.max_html_chars,
             )
+            if is_unreadable(mail):
+                with self.sessions() as session, session.begin():
+                    return self._keep_failed(
+                        session, item, source, None, UnmatchedReason.PARSE_ERROR,
+                        "parse: nothing readable: " + "; ".join(mail.defects[:3]),
+                    )
             with self.sessions() as session, session.begin():
                 stage = "detect"
                 candidates = find_codes(mail)
                 stage = "resolve"
-                resolution = resolve(session, mail, candidates, inbound=inbound)
+                resolution = resolve(
+                    session, mail, candidates, inbound=inbound, local_timezone=self.local_timezone
+                )
                 stage = "record"
                 if resolution.filed:
                     outcome, correspondence = record_filed(

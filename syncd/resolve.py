@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import tzinfo
 
 from sqlalchemy.orm import Session
 
@@ -59,10 +60,19 @@ class Resolution:
 
 
 def resolve(
-    session: Session, mail: ParsedMail, candidates: list[CodeCandidate], *, inbound: bool = False
+    session: Session,
+    mail: ParsedMail,
+    candidates: list[CodeCandidate],
+    *,
+    inbound: bool = False,
+    local_timezone: tzinfo | None = None,
 ) -> Resolution:
-    """Resolve one parsed mail against the store; `inbound` marks an inbound mailbox."""
-    recorded, forwarded_by = _unwrap_forward(session, mail, inbound=inbound)
+    """Resolve one parsed mail against the store.
+
+    `inbound` marks an inbound mailbox. `local_timezone` is the zone in
+    which an inline-forwarded original's date is read when it names none.
+    """
+    recorded, forwarded_by = _unwrap_forward(session, mail, inbound=inbound, local_timezone=local_timezone)
     links: list[Link] = []
 
     records = crm.records_by_code(session, (candidate.code for candidate in candidates))
@@ -92,7 +102,7 @@ def resolve(
 
 
 def _unwrap_forward(
-    session: Session, mail: ParsedMail, *, inbound: bool
+    session: Session, mail: ParsedMail, *, inbound: bool, local_timezone: tzinfo | None
 ) -> tuple[ParsedMail, str | None]:
     """Return the mail to record and, for a forward into syncd, who forwarded it.
 
@@ -107,7 +117,7 @@ def _unwrap_forward(
     if not inbound and crm.persons_by_email(session, recipients):
         return mail, None
 
-    original = find_forwarded_original(mail)
+    original = find_forwarded_original(mail, assume_tz=local_timezone)
     if original is None:
         return mail, None
     return original, mail.sender.email

@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -112,6 +114,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: Language preset for folder and category names: "nb" or "en".
     language: Literal["nb", "en"] = "nb"
+    #: IANA time zone of the users. Outlook and Gmail print a forwarded
+    #: mail's date in the forwarder's local time without a zone, so the
+    #: date of an inline-forwarded original is read in this zone.
+    local_timezone: str = "Europe/Oslo"
     sync: SyncSettings = SyncSettings()
     limits: LimitSettings = LimitSettings()
     ews: EwsSettings = EwsSettings()
@@ -129,6 +135,15 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @field_validator("local_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError("unknown time zone: use an IANA name such as Europe/Oslo") from exc
+        return value
 
     def resolved_data_dir(self) -> Path:
         if self.data_dir:

@@ -150,3 +150,14 @@ def _refs_by_name(syncd: Syncd) -> dict[tuple[str, str], str]:
     for number, record in enumerate(crm["records"], start=1):
         refs[(record["kind"], record["title"])] = f"{record['kind']}:{number}"
     return refs
+
+
+def test_forwarded_date_read_in_local_zone(syncd: Syncd, drop: Path) -> None:
+    forward = EXPECTED["04-outlook-inline-forward.eml"]
+    syncd.json("import", str(drop / "04-outlook-inline-forward.eml"))
+
+    [filed] = syncd.json("correspondence", "list")
+
+    # The block says "Sendt: onsdag 15. januar 2025 16:47", Oslo time in winter.
+    assert filed["subject"] == forward["subject"]
+    assert filed["date"] == "2025-01-15T15:47:00+00:00"

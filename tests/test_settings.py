@@ -94,3 +94,10 @@ def test_broken_toml_named(tmp_path: Path) -> None:
 def test_shipped_settings_file_is_valid() -> None:
     shipped = Path(__file__).resolve().parents[1] / "settings.toml"
     assert load_settings(str(shipped)).language == "nb"
+
+
+def test_unknown_time_zone_rejected(tmp_path: Path) -> None:
+    config = tmp_path / "zone.toml"
+    config.write_text('local_timezone = "Europe/Bergen"\n')
+    with pytest.raises(ConfigError, match="invalid setting local_timezone = 'Europe/Bergen'"):
+        load_settings(str(config))

@@ -38,7 +38,7 @@ def sync_once(app: App, once: bool, address: str | None, as_json: bool) -> None:
     if address and not mailboxes:
         raise NotFoundError(f"mailbox {address!r} is not enrolled: see `syncd mailbox list`")
 
-    syncer = MailboxSync(app.sessions, Pipeline(app.sessions, app.settings.limits), app.settings.sync)
+    syncer = MailboxSync(app.sessions, Pipeline.from_settings(app.sessions, app.settings), app.settings.sync)
     total = Counts()
     failures = []
     for mailbox in mailboxes:
@@ -78,7 +78,7 @@ def import_files(app: App, paths: tuple[Path, ...], by: str | None, as_json: boo
             if session.scalar(select(CrmUser).where(CrmUser.email == by)) is None:
                 raise NotFoundError(f"CRM user {by!r} does not exist: add it with `syncd crm add-user`")
 
-    counts, problems = import_paths(Pipeline(app.sessions, app.settings.limits), list(paths), by)
+    counts, problems = import_paths(Pipeline.from_settings(app.sessions, app.settings), list(paths), by)
     _print_counts(counts, as_json)
     for problem in problems:
         warn(f"Error: {problem.path}: {problem.reason}")
