@@ -25,7 +25,7 @@ from syncd.backends.base import Batch, FeedbackRequest, Folder, MailboxBackend
 from syncd.errors import BackendError, FolderNotFoundError, SyncStateInvalidError, TransientBackendError
 from syncd.mail import Outcome
 from syncd.pipeline import ItemResult, Pipeline
-from syncd.record import Source
+from syncd.record import Source, find_ledger_entry
 from syncd.settings import SyncSettings
 
 log = logging.getLogger("syncd.sync")
@@ -166,7 +166,12 @@ class MailboxSync:
         self, address: str, backend: MailboxBackend, folder: Folder, inbound: bool, counts: Counts
     ) -> None:
         state = self._load_state(address, backend.kind, folder)
-        for batch in backend.batches(folder, state):
+
+        def known(item_id: str) -> bool:
+            with self.sessions() as session:
+                return find_ledger_entry(session, Source(address, folder.key, folder.name, item_id)) is not None
+
+        for batch in backend.batches(folder, state, known):
             self._record_batch(address, backend, batch, inbound, counts)
             if batch.state is not None:
                 self._save_state(address, folder, batch.state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from crmstore import db
 from crmstore.models import Base
+from syncd.logsetup import CHATTY_LIBRARIES
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
@@ -40,6 +42,17 @@ def _oslo_time_zone() -> Iterator[None]:
     else:
         os.environ["TZ"] = previous
     time.tzset()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logger_levels() -> Iterator[None]:
+    # The CLI configures logging when it runs in-process; later tests must
+    # see the levels they set themselves.
+    names = ["", "syncd", "crmstore", *CHATTY_LIBRARIES]
+    levels = {name: logging.getLogger(name).level for name in names}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 @pytest.fixture(scope="session")

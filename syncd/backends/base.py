@@ -13,7 +13,7 @@ crash or a server-side replay; the processed-item ledger makes that harmless.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -88,8 +88,15 @@ class MailboxBackend(Protocol):
         """Find the sync folders, create the missing ones, and return them all."""
         ...
 
-    def batches(self, folder: Folder, state: str | None) -> Iterator[Batch]:
-        """Yield the items added to `folder` since `state`, one batch per cursor step."""
+    def batches(
+        self, folder: Folder, state: str | None, known: Callable[[str], bool] | None = None
+    ) -> Iterator[Batch]:
+        """Yield the items added to `folder` since `state`, one batch per cursor step.
+
+        `known(item_id)` is true for an item the ledger already holds. A
+        backend skips such items where it can tell before fetching their
+        content, so that a replayed or resynced folder costs no downloads.
+        """
         ...
 
     def apply_feedback(self, requests: list[FeedbackRequest]) -> list[FeedbackRequest]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from syncd.backends.base import Batch, FeedbackRequest, Folder, FolderReport, Item, content_digest
@@ -56,8 +56,14 @@ class DropDirectoryBackend:
             )
         return [FolderReport(self.folder, created=False)]
 
-    def batches(self, folder: Folder, state: str | None) -> Iterator[Batch]:
-        """Yield every mail file below the directory; the drop directory keeps no cursor."""
+    def batches(
+        self, folder: Folder, state: str | None, known: Callable[[str], bool] | None = None
+    ) -> Iterator[Batch]:
+        """Yield every mail file below the directory; the drop directory keeps no cursor.
+
+        `known` is not used: an item id includes a hash of the content, so
+        telling a known file needs the read that yielding it costs anyway.
+        """
         if not self.root.is_dir():
             raise FolderNotFoundError(
                 f"drop directory {str(self.root)!r} no longer exists", mailbox=str(self.root)

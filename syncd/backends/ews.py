@@ -361,7 +361,9 @@ class EwsBackend:
 
     # -- new items ----------------------------------------------------------------
 
-    def batches(self, folder: Folder, state: str | None) -> Iterator[Batch]:
+    def batches(
+        self, folder: Folder, state: str | None, known: Callable[[str], bool] | None = None
+    ) -> Iterator[Batch]:
         """Yield one batch per SyncFolderItems page, with the MIME of the items created in it.
 
         Update, delete and read-flag changes are skipped: syncd's own category
@@ -383,7 +385,10 @@ class EwsBackend:
                     )
                 )
             state = service.sync_state
-            created = [item for change, item in changes if change == SyncFolderItems.CREATE]
+            created = [
+                item for change, item in changes
+                if change == SyncFolderItems.CREATE and not (known is not None and known(item.id))
+            ]
             log.debug(
                 "Mailbox %s folder %r: %d changes, %d new items",
                 self.mailbox, folder.name, len(changes), len(created),

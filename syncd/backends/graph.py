@@ -310,7 +310,9 @@ class GraphBackend:
 
     # -- new items ----------------------------------------------------------------
 
-    def batches(self, folder: Folder, state: str | None) -> Iterator[Batch]:
+    def batches(
+        self, folder: Folder, state: str | None, known: Callable[[str], bool] | None = None
+    ) -> Iterator[Batch]:
         """Yield one batch per delta page, with the MIME of the messages new in it.
 
         `state` is the deltaLink of the last complete round. Only the last
@@ -336,7 +338,7 @@ class GraphBackend:
         while True:
             page = self._get_json(url, action=action, prefer=prefer)
             entries = page.get("value", [])
-            new = self._new_messages(folder, entries, seen)
+            new = self._new_messages(folder, entries, seen, known)
             log.debug(
                 "Mailbox %s folder %r: delta page with %d changes, %d new messages",
                 self.mailbox, folder.name, len(entries), len(new),
@@ -358,7 +360,9 @@ class GraphBackend:
             yield Batch(folder=folder, items=items, state=delta_link)
             return
 
-    def _new_messages(self, folder: Folder, entries: list[Any], seen: set[str]) -> list[dict[str, Any]]:
+    def _new_messages(
+        self, folder: Folder, entries: list[Any], seen: set[str], known: Callable[[str], bool] | None
+    ) -> list[dict[str, Any]]:
         """Return the entries of a delta page that need their MIME fetched."""
         new = []
         for entry in entries:
@@ -370,6 +374,9 @@ class GraphBackend:
                 continue
             if self._is_own_tagging(folder, item_id, entry):
                 log.debug("Mailbox %s: skipped message %s, changed only by syncd's category", self.mailbox, item_id)
+                continue
+            if known is not None and known(item_id):
+                log.debug("Mailbox %s: skipped message %s, recorded before", self.mailbox, item_id)
                 continue
             seen.add(item_id)
             new.append(entry)
