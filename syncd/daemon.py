@@ -32,9 +32,6 @@ from syncd.sync import MailboxSync
 
 log = logging.getLogger("syncd.daemon")
 
-#: Seconds between two looks at the mailbox table for enrolment changes.
-RECONCILE_SECONDS = 30
-
 JOB_PREFIX = "mailbox:"
 
 
@@ -51,6 +48,7 @@ class Daemon:
         self.sessions = db.session_factory(self.engine)
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self.backends: dict[str, tuple[tuple[Any, ...], MailboxBackend]] = {}
+        self.retired: list[MailboxBackend] = []
         self.lock = threading.Lock()
         self._build_syncer()
 
@@ -65,7 +63,7 @@ class Daemon:
         self.scheduler.start()
         self.reconcile()
         self.scheduler.add_job(
-            self.reconcile, IntervalTrigger(seconds=RECONCILE_SECONDS), id="reconcile",
+            self.reconcile, IntervalTrigger(seconds=self.settings.sync.enrolment_check_seconds), id="reconcile",
             name="pick up enrolment changes", max_instances=1, coalesce=True,
         )
         log.info(
@@ -86,7 +84,7 @@ class Daemon:
         log.info("syncd stopping: finishing the item in hand")
         notify("STOPPING=1", "STATUS=stopping")
         self.scheduler.shutdown(wait=True)
-        for _, backend in self.backends.values():
+        for backend in [*(backend for _, backend in self.backends.values()), *self.retired]:
             backend.close()
         self.engine.dispose()
         log.info("syncd stopped")
@@ -151,7 +149,7 @@ class Daemon:
                 if cached is not None and cached[0] == fingerprint:
                     return cached[1]
                 if cached is not None:
-                    cached[1].close()
+                    self.retired.append(cached[1])
                 backend = open_backend(mailbox, self.settings)
                 self.backends[address] = (fingerprint, backend)
                 return backend
@@ -162,13 +160,19 @@ class Daemon:
         except ConfigError as exc:
             log.error("settings not reloaded, keeping the old ones: %s", exc)
             return
+        if settings.resolved_database_url() != self.settings.resolved_database_url():
+            log.warning("the database URL changed in the settings; restart syncd to use the new database")
         self.settings = settings
         self._build_syncer()
         for address in self._mailbox_jobs():
             self.scheduler.remove_job(JOB_PREFIX + address)
+        self.scheduler.reschedule_job(
+            "reconcile", trigger=IntervalTrigger(seconds=settings.sync.enrolment_check_seconds)
+        )
         with self.lock:
-            for _, backend in self.backends.values():
-                backend.close()
+            # A pass may still be using an old backend, so it is closed at
+            # shutdown rather than now.
+            self.retired.extend(backend for _, backend in self.backends.values())
             self.backends.clear()
         self.reconcile()
         log.info("settings reloaded")

@@ -40,6 +40,10 @@ class SyncSettings(BaseModel, extra="forbid"):
     max_attempts: int = Field(5, gt=0)
     #: Upper bound in seconds on one wait between two tries.
     max_backoff_seconds: float = Field(300.0, gt=0)
+    #: Seconds between two looks of the daemon at the enrolled mailboxes,
+    #: so that enrolments, removals and disabled mailboxes take effect
+    #: without a restart.
+    enrolment_check_seconds: int = Field(30, gt=0)
 
 
 class LimitSettings(BaseModel, extra="forbid"):

@@ -16,16 +16,16 @@ from typing import Any
 
 import exchangelib
 import pytest
+from fakes.ews_server import FakeEwsServer
+from fakes.ews_server import Fault as EwsFault
+from fakes.graph_server import FakeGraphServer
+from fakes.graph_server import Fault as GraphFault
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from crmstore import crm
 from crmstore.models import Correspondence, Mailbox
-from fakes.ews_server import FakeEwsServer
-from fakes.ews_server import Fault as EwsFault
-from fakes.graph_server import Fault as GraphFault
-from fakes.graph_server import FakeGraphServer
 from syncd.backends.base import MailboxBackend
 from syncd.backends.dropdir import DropDirectoryBackend
 from syncd.backends.ews import EwsBackend, make_credentials

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from fakes.ews_server import FakeEwsServer
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "mail"
@@ -68,6 +67,8 @@ def _daemon_env(store_url: str, tmp_path: Path, notify_socket: NotifySocket) -> 
         "SYNCD_CONFIG": str(config),
         "SYNCD_SECRET_EWS_PASSWORD": "Sv4rt-hemmelig",
         "NOTIFY_SOCKET": str(notify_socket.path),
+        # Half of this is the heartbeat, which also bounds how long a SIGHUP
+        # waits before the reload.
         "WATCHDOG_USEC": "2000000",
     }
 
@@ -132,6 +133,40 @@ def test_daemon_files_from_exchange(store_url: str, tmp_path: Path, notify_socke
 
     assert item.categories == ["Arkivert i CRM"]
     assert "Sv4rt-hemmelig" not in stderr
+
+
+def test_daemon_picks_up_enrolment_and_reload(store_url: str, tmp_path: Path, notify_socket: NotifySocket) -> None:
+    env = _daemon_env(store_url, tmp_path, notify_socket)
+    config = Path(env["SYNCD_CONFIG"])
+    config.write_text("[sync]\ninterval_seconds = 1\njitter_seconds = 0\nenrolment_check_seconds = 1\n")
+    _syncd(env, "crm", "load", str(SAMPLES.parent / "crm.json"))
+    drop = tmp_path / "lars"
+    drop.mkdir()
+
+    daemon = subprocess.Popen([*SYNCD, "run"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        notify_socket.wait_for("READY=1")
+        _syncd(env, "mailbox", "enroll", "lars.ovrebo@salg.example", "--backend", "folder", "--path", str(drop))
+        shutil.copy(SAMPLES / "03-encoded-subject-code.eml", drop)
+
+        deadline = time.monotonic() + 30
+        filed: list[dict[str, object]] = []
+        while time.monotonic() < deadline and not filed:
+            time.sleep(0.5)
+            filed = json.loads(_syncd(env, "correspondence", "list", "--json"))
+        daemon.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = daemon.communicate(timeout=60)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+
+    assert len(filed) == 1
+    assert "mailbox lars.ovrebo@salg.example: scheduled every 1 s" in stderr
+    assert "settings reloaded" in stderr
+    assert daemon.returncode == 0
 
 
 def test_daemon_refuses_uninitialised_database(tmp_path: Path) -> None:

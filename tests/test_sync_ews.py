@@ -15,10 +15,15 @@ from typing import Any
 import exchangelib
 import pytest
 from click.testing import CliRunner, Result
+from fakes.ews_server import FakeEwsServer, Fault
+from sqlalchemy import select
 
 import syncd.backends
-from fakes.ews_server import FakeEwsServer, Fault
+from crmstore import db
+from crmstore.models import Mailbox
+from syncd.backends import open_backend
 from syncd.cli.main import cli
+from syncd.settings import load_settings
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 EXPECTED: dict[str, dict[str, Any]] = json.loads((SAMPLES / "expected.json").read_text(encoding="utf-8"))
@@ -233,3 +238,25 @@ def test_missing_secret_named(server: FakeEwsServer, run: Syncd) -> None:
 def test_enroll_ews_needs_auth(run: Syncd) -> None:
     result = run("mailbox", "enroll", INGRID, "--backend", "ews", "--endpoint", "https://mail.example/EWS/Exchange.asmx", code=2)
     assert "--backend ews needs --auth ntlm, basic or oauth2" in result.output
+
+
+def test_mailboxes_of_one_account_share_pool(server: FakeEwsServer, run: Syncd, store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    run.enroll(server, INGRID)
+    run.enroll(server, LARS)
+    for name, value in run.env.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    engine = db.create_store_engine(store_url)
+    with db.session_factory(engine)() as session:
+        mailboxes = list(session.scalars(select(Mailbox).order_by(Mailbox.address)))
+    engine.dispose()
+
+    first, second = (open_backend(mailbox, settings) for mailbox in mailboxes)
+
+    # exchangelib keys its connection pool on the credentials object, so one
+    # object per service account makes [ews] max_connections_per_account
+    # the cap for all of the account's mailboxes together.
+    assert first._account.protocol is second._account.protocol
+    assert first._account.protocol.max_connections == settings.ews.max_connections_per_account
+    first.close()
+    second.close()

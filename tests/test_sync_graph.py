@@ -14,12 +14,12 @@ from typing import Any
 import exchangelib
 import pytest
 from click.testing import CliRunner, Result
-
-import syncd.backends
 from fakes.ews_server import FakeEwsServer
 from fakes.graph_server import FakeGraphServer
 from fakes.graph_server import Fault as GraphFault
 from fakes.token_server import FakeTokenServer
+
+import syncd.backends
 from syncd.cli.main import cli
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
