@@ -20,4 +20,6 @@ if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; the
     fi
 fi
 
+# The type check runs first: it is quick, and a wrong type is a bug.
+.venv/bin/python -m mypy
 exec .venv/bin/python -m pytest "$@"

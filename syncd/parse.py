@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import TypeVar, cast
 
 import extract_msg
-import olefile  # type: ignore[import-untyped]
+import olefile
 from extract_msg.enums import AttachmentType, ErrorBehavior, RecipientType
 from extract_msg.msg_classes import MSGFile
 

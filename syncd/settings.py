@@ -122,12 +122,12 @@ class Settings(BaseSettings):
     #: mail's date in the forwarder's local time without a zone, so the
     #: date of an inline-forwarded original is read in this zone.
     local_timezone: str = "Europe/Oslo"
-    sync: SyncSettings = SyncSettings()
-    limits: LimitSettings = LimitSettings()
-    ews: EwsSettings = EwsSettings()
-    graph: GraphSettings = GraphSettings()
-    entra: EntraSettings = EntraSettings()
-    names: NameSettings = NameSettings()
+    sync: SyncSettings = Field(default_factory=SyncSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    ews: EwsSettings = Field(default_factory=EwsSettings)
+    graph: GraphSettings = Field(default_factory=GraphSettings)
+    entra: EntraSettings = Field(default_factory=EntraSettings)
+    names: NameSettings = Field(default_factory=NameSettings)
 
     @classmethod
     def settings_customise_sources(

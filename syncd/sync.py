@@ -315,7 +315,7 @@ class MailboxSync:
                 mailbox.last_error = None
 
 
-def _folder_row(address: str, folder: Folder) -> Select[tuple[MailboxFolder]]:
+def _folder_row(address: str, folder: Folder) -> Select[MailboxFolder]:
     return (
         select(MailboxFolder)
         .join(Mailbox)

@@ -112,7 +112,7 @@ class ProvidedTokenCredentials(OAuth2AuthorizationCodeCredentials):
     def session_params(self) -> dict[str, Any]:
         # The first token is fetched lazily, so building a backend makes no network call.
         with self.lock:
-            if self.access_token is None:
+            if self.access_token is None:  # type: ignore[has-type]
                 self.access_token = self._new_token()
         return super().session_params()
 

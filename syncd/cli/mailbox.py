@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from sqlalchemy import select
@@ -211,7 +212,8 @@ def list_mailboxes(app: App, as_json: bool) -> None:
     if not rows:
         click.echo("no mailboxes enrolled: see `syncd mailbox enroll --help`")
     for row in rows:
-        where = row["config"].get("path") or row["config"].get("endpoint") or ""
+        config: dict[str, Any] = row["config"]  # type: ignore[assignment]
+        where = config.get("path") or config.get("endpoint") or config.get("tenant_id") or ""
         click.echo(f"{row['address']}  {row['backend']}  {row['role']}  {row['state']}  {where}")
 
 
