@@ -26,10 +26,10 @@ from typing import Any
 
 import msal
 import requests
-from msal.exceptions import MsalError
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from msal.exceptions import MsalError
 
 from syncd.errors import (
     BackendAuthError,

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from crmstore.models import Correspondence, CorrespondenceLink, ProcessedItem, UnmatchedMail
+from crmstore.models import (
+    Correspondence,
+    CorrespondenceLink,
+    ProcessedItem,
+    UnmatchedMail,
+)
 from syncd.mail import Address, Direction, Outcome, ParsedMail
 from syncd.resolve import Link, Resolution
 

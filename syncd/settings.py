@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Literal
-
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, ValidationError, field_validator

@@ -17,12 +17,22 @@ from typing import TypeVar
 
 from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session, sessionmaker
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+)
 from tenacity.wait import wait_random_exponential
 
 from crmstore.models import Mailbox, MailboxFolder, ProcessedItem, utcnow
 from syncd.backends.base import Batch, FeedbackRequest, Folder, MailboxBackend
-from syncd.errors import BackendError, FolderNotFoundError, SyncStateInvalidError, TransientBackendError
+from syncd.errors import (
+    BackendError,
+    FolderNotFoundError,
+    SyncStateInvalidError,
+    TransientBackendError,
+)
 from syncd.mail import Outcome
 from syncd.pipeline import ItemResult, Pipeline
 from syncd.record import Source, find_ledger_entry

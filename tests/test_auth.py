@@ -19,9 +19,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-
 from fakes.ews_server import FakeEwsServer
 from fakes.token_server import FakeTokenServer, TokenFault, TokenRequest
+
 from syncd.auth import (
     EWS_SCOPE,
     GRAPH_SCOPE,
@@ -30,7 +30,12 @@ from syncd.auth import (
     token_provider_for,
 )
 from syncd.backends.ews import EwsBackend, make_credentials
-from syncd.errors import BackendAuthError, ConfigError, PermanentBackendError, TransientBackendError
+from syncd.errors import (
+    BackendAuthError,
+    ConfigError,
+    PermanentBackendError,
+    TransientBackendError,
+)
 
 TENANT_ID = "5d0c8a3e-7f41-4b2a-9c6e-1f2a3b4c5d6e"
 CLIENT_ID = "a7e3f9c1-2b4d-4e6f-8a0b-c1d2e3f4a5b6"

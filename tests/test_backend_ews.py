@@ -16,17 +16,16 @@ import requests
 from exchangelib import Configuration
 from exchangelib import errors as ews
 from exchangelib.protocol import Protocol
+from fakes.ews_server import FakeEwsServer, Fault, RequestRecord
 from oauthlib.oauth2.rfc6749 import errors as oauth
 
-from fakes.ews_server import FakeEwsServer, Fault, RequestRecord
 from syncd.backends.base import Batch, FeedbackRequest, Folder, FolderReport
 from syncd.backends.ews import (
     EwsBackend,
     make_credentials,
-    retry_after_seconds,
 )
 from syncd.backends.ews_errors import translate_error
-from syncd.redact import SENSITIVE_LOGGERS, SecretLogFilter, install_log_filter
+from syncd.backends.throttling import retry_after_seconds
 from syncd.errors import (
     BackendAuthError,
     ConfigError,
@@ -36,6 +35,7 @@ from syncd.errors import (
     TransientBackendError,
 )
 from syncd.mail import Outcome
+from syncd.redact import SENSITIVE_LOGGERS, SecretLogFilter, install_log_filter
 
 MAILBOX = "kari.nordmann@example.test"
 SERVICE_USER = "svc-crm@example.test"
@@ -612,7 +612,7 @@ def test_retry_after_reads_http_date() -> None:
     response = requests.Response()
     response.headers["Retry-After"] = "Wed, 21 Oct 2015 07:28:00 GMT"
 
-    assert retry_after_seconds(response) == 0.0
+    assert retry_after_seconds(response.headers) == 0.0
 
 
 # -- logging ---------------------------------------------------------------------------

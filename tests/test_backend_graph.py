@@ -18,9 +18,9 @@ from syncd.backends.base import Batch, FeedbackRequest, Folder, FolderReport
 from syncd.backends.graph import MAX_REMEMBERED_TAGS, GraphBackend
 from syncd.backends.graph_errors import (
     error_for_status,
-    retry_after_seconds,
     translate_error,
 )
+from syncd.backends.throttling import retry_after_seconds
 from syncd.errors import (
     BackendAuthError,
     ConfigError,

@@ -8,7 +8,12 @@ import os
 import pytest
 
 from crmstore.codes import new_code
-from syncd.detect import MAX_CANDIDATES, TRACKING_CODE_LABELS, find_codes, find_codes_in_text
+from syncd.detect import (
+    MAX_CANDIDATES,
+    TRACKING_CODE_LABELS,
+    find_codes,
+    find_codes_in_text,
+)
 from syncd.mail import Address, CodeCandidate, Location, ParsedMail
 
 CODE = "nXmrgOguRZt63tpjM5sSpA=="

@@ -13,10 +13,11 @@ crash or a server-side replay; the processed-item ledger makes that harmless.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from syncd.errors import ConfigError
 from syncd.mail import Outcome
 
 
@@ -115,3 +116,18 @@ class MailboxBackend(Protocol):
 def content_digest(raw: bytes) -> str:
     """Return a short hash of an item's bytes, for item ids that must change with the content."""
     return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def check_categories(categories: Mapping[str, str]) -> dict[Outcome, str]:
+    """Return the Outlook category per outcome; raise ConfigError for an unknown outcome or empty name."""
+    checked: dict[Outcome, str] = {}
+    for outcome, name in categories.items():
+        try:
+            key = Outcome(outcome)
+        except ValueError:
+            valid = ", ".join(o.value for o in Outcome)
+            raise ConfigError(f"category outcome {outcome!r} is unknown; use one of {valid}.") from None
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"category name for outcome {key.value!r} is empty; give an Outlook category name.")
+        checked[key] = name
+    return checked

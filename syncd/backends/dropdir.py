@@ -16,7 +16,14 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from syncd.backends.base import Batch, FeedbackRequest, Folder, FolderReport, Item, content_digest
+from syncd.backends.base import (
+    Batch,
+    FeedbackRequest,
+    Folder,
+    FolderReport,
+    Item,
+    content_digest,
+)
 from syncd.errors import FolderNotFoundError, PermanentBackendError
 from syncd.mail import Outcome
 

@@ -11,15 +11,14 @@ requests-oauthlib's tokens, passwords and SOAP bodies out of syncd's logs.
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
-from datetime import UTC, datetime
 from typing import Any
 
 import requests
+from exchangelib import UTC as EWS_UTC
 from exchangelib import (
     Account,
     Build,
@@ -29,10 +28,20 @@ from exchangelib import (
     OAuth2AuthorizationCodeCredentials,
     Version,
 )
-from exchangelib import UTC as EWS_UTC
-from exchangelib.credentials import DELEGATE, IMPERSONATION, BaseCredentials, BaseOAuth2Credentials
-from exchangelib.errors import ErrorFolderExists, ErrorInternalServerTransientError, ErrorItemNotFound, ErrorServerBusy
-from exchangelib.folders import SHALLOW, Folder as ExchangeFolder, SingleFolderQuerySet
+from exchangelib.credentials import (
+    DELEGATE,
+    IMPERSONATION,
+    BaseCredentials,
+    BaseOAuth2Credentials,
+)
+from exchangelib.errors import (
+    ErrorFolderExists,
+    ErrorInternalServerTransientError,
+    ErrorItemNotFound,
+    ErrorServerBusy,
+)
+from exchangelib.folders import SHALLOW, SingleFolderQuerySet
+from exchangelib.folders import Folder as ExchangeFolder
 from exchangelib.items import ID_ONLY, MOVE_TO_DELETED_ITEMS, Message
 from exchangelib.properties import FolderId
 from exchangelib.protocol import Protocol
@@ -42,11 +51,18 @@ from oauthlib.oauth2 import OAuth2Token
 from oauthlib.oauth2.rfc6749 import errors as oauth_errors
 
 from syncd.auth import DEFAULT_AUTHORITY_HOST, EWS_SCOPE, token_provider_for
-from syncd.backends.base import Batch, FeedbackRequest, Folder, FolderReport, Item
+from syncd.backends.base import (
+    Batch,
+    FeedbackRequest,
+    Folder,
+    FolderReport,
+    Item,
+    check_categories,
+)
 from syncd.backends.ews_errors import ews_errors
-from syncd.redact import redact_secrets
+from syncd.backends.throttling import retry_after_seconds
 from syncd.errors import BackendError, ConfigError
-from syncd.mail import Outcome
+from syncd.redact import redact_secrets
 
 log = logging.getLogger("syncd.ews")
 
@@ -209,30 +225,14 @@ class ThrottlingFailFast(FailFast):
 
     def raise_response_errors(self, response: requests.Response) -> None:
         if response.status_code == 429:
-            raise ErrorServerBusy("HTTP 429 Too Many Requests", back_off=retry_after_seconds(response))
+            raise ErrorServerBusy("HTTP 429 Too Many Requests", back_off=retry_after_seconds(response.headers))
         try:
             super().raise_response_errors(response)
         except ErrorInternalServerTransientError as exc:
-            retry_after = retry_after_seconds(response)
+            retry_after = retry_after_seconds(response.headers)
             if retry_after is None:
                 raise
             raise ErrorServerBusy(f"{exc} with Retry-After {retry_after:g} s", back_off=retry_after) from exc
-
-
-def retry_after_seconds(response: requests.Response) -> float | None:
-    """Return the Retry-After header as seconds (RFC 9110: delay-seconds or an HTTP-date), or None."""
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
 # -- the backend ---------------------------------------------------------------------
@@ -277,7 +277,7 @@ class EwsBackend:
         self.mailbox = mailbox
         self._folder_names = list(folder_names)
         self._inbound = inbound
-        self._categories = _checked_categories(categories or {})
+        self._categories = check_categories(categories or {})
         self._post_action = post_action
         self._processed_folder_name = processed_folder_name
         self._batch_size = batch_size
@@ -591,15 +591,3 @@ def _check_settings(
         raise ConfigError(f"max_connections {max_connections!r} must be at least 1.")
 
 
-def _checked_categories(categories: Mapping[str, str]) -> dict[Outcome, str]:
-    checked: dict[Outcome, str] = {}
-    for outcome, name in categories.items():
-        try:
-            key = Outcome(outcome)
-        except ValueError:
-            valid = ", ".join(o.value for o in Outcome)
-            raise ConfigError(f"category outcome {outcome!r} is unknown; use one of {valid}.") from None
-        if not isinstance(name, str) or not name.strip():
-            raise ConfigError(f"category name for outcome {key.value!r} is empty; give an Outlook category name.")
-        checked[key] = name
-    return checked

@@ -22,7 +22,6 @@ import requests
 from exchangelib import errors as ews
 from oauthlib.oauth2.rfc6749 import errors as oauth
 
-from syncd.redact import redact_secrets
 from syncd.errors import (
     BackendAuthError,
     BackendError,
@@ -31,6 +30,7 @@ from syncd.errors import (
     SyncStateInvalidError,
     TransientBackendError,
 )
+from syncd.redact import redact_secrets
 
 #: The exception base classes that `ews_errors` translates; anything else passes unchanged.
 LIBRARY_ERRORS: tuple[type[BaseException], ...] = (

@@ -28,7 +28,14 @@ from urllib.parse import quote, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from syncd.backends.base import Batch, FeedbackRequest, Folder, FolderReport, Item
+from syncd.backends.base import (
+    Batch,
+    FeedbackRequest,
+    Folder,
+    FolderReport,
+    Item,
+    check_categories,
+)
 from syncd.backends.graph_errors import (
     THROTTLING_STATUSES,
     describe_failure,
@@ -39,8 +46,12 @@ from syncd.backends.graph_errors import (
     malformed_response_error,
     retry_after_seconds,
 )
-from syncd.errors import BackendAuthError, ConfigError, PermanentBackendError, SyncStateInvalidError
-from syncd.mail import Outcome
+from syncd.errors import (
+    BackendAuthError,
+    ConfigError,
+    PermanentBackendError,
+    SyncStateInvalidError,
+)
 
 log = logging.getLogger("syncd.graph")
 
@@ -231,7 +242,7 @@ class GraphBackend:
         self._user_path = f"/users/{quote(mailbox, safe='@')}"
         self._folder_names = list(folder_names)
         self._inbound = inbound
-        self._categories = _checked_categories(categories or {})
+        self._categories = check_categories(categories or {})
         self._own_categories = frozenset(self._categories.values())
         self._post_action = post_action
         self._processed_folder_name = processed_folder_name
@@ -818,15 +829,3 @@ def _check_settings(
         )
 
 
-def _checked_categories(categories: Mapping[str, str]) -> dict[Outcome, str]:
-    checked: dict[Outcome, str] = {}
-    for outcome, name in categories.items():
-        try:
-            key = Outcome(outcome)
-        except ValueError:
-            valid = ", ".join(o.value for o in Outcome)
-            raise ConfigError(f"category outcome {outcome!r} is unknown; use one of {valid}.") from None
-        if not isinstance(name, str) or not name.strip():
-            raise ConfigError(f"category name for outcome {key.value!r} is empty; give an Outlook category name.")
-        checked[key] = name
-    return checked

@@ -17,15 +17,13 @@ original.
 
 from __future__ import annotations
 
-import email.utils
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import requests
 
-from syncd.redact import redact_secrets
+from syncd.backends.throttling import retry_after_seconds
 from syncd.errors import (
     BackendAuthError,
     BackendError,
@@ -34,6 +32,7 @@ from syncd.errors import (
     SyncStateInvalidError,
     TransientBackendError,
 )
+from syncd.redact import redact_secrets
 
 #: Graph error codes that mean the delta token is gone, compared in lower case.
 SYNC_STATE_CODES = frozenset({"syncstatenotfound", "syncstateinvalid", "resyncrequired"})
@@ -46,22 +45,6 @@ TRANSIENT_TOKEN_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
 
 #: Maximum length, in characters, of the server's own message quoted in a translated error.
 MAX_DETAIL_CHARS = 300
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """Return the Retry-After header as seconds (RFC 9110: delay-seconds or an HTTP-date), or None."""
-    value = next((str(v) for k, v in headers.items() if k.lower() == "retry-after"), "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
-
 
 def error_code(body: Any) -> str | None:
     """Return the `error.code` of a Graph error body, or None."""

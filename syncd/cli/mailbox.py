@@ -9,13 +9,13 @@ import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from crmstore.crm import normalise_email
 from crmstore.errors import InvalidInputError, NotFoundError
 from crmstore.models import Mailbox
-from crmstore.crm import normalise_email
 from syncd.backends import BACKEND_KINDS, open_backend
 from syncd.backends.dropdir import POST_ACTIONS
-from syncd.secrets import validate_name
 from syncd.cli.context import App, pass_app, print_json
+from syncd.secrets import validate_name
 
 EWS_AUTH = ("ntlm", "basic", "oauth2")
 
