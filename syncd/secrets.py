@@ -42,7 +42,9 @@ def read_secret(name: str) -> str:
     for directory in [*directories, CREDENTIALS_FALLBACK]:
         path = directory / name
         if path.is_file():
-            return path.read_text(encoding="utf-8").strip()
+            # Only the line end that editors and `echo` add is dropped: a
+            # password may begin or end with a space.
+            return path.read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
 
     raise ConfigError(
         f"secret {name!r} not found: set {variable}, or pass it with "

@@ -16,10 +16,10 @@ if TYPE_CHECKING:
 
 BACKEND_KINDS = ("folder", "ews", "graph")
 
-# One credentials object per service account for the life of the process:
-# exchangelib keys its connection pool on the credentials, so mailboxes of
-# one account share one pool, whose size caps the account's concurrent
-# requests, and no pool is built twice.
+# One credentials object per service account for the life of the process.
+# exchangelib keys its connection pool on the credentials object, so the
+# mailboxes of one account share one pool, and its size caps the account's
+# concurrent requests.
 _credentials: dict[tuple[str, ...], Any] = {}
 _credentials_lock = threading.Lock()
 

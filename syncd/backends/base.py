@@ -1,6 +1,6 @@
 """The contract every mailbox backend implements.
 
-A backend knows one mailbox. The sync loop asks it for its sync folders,
+A backend serves one mailbox. The sync loop asks it for its sync folders,
 then for batches of new items per folder since a stored cursor, records each
 item in its own transaction, stores the batch's cursor only after those
 transactions have committed, and finally hands the outcomes back so the
@@ -26,8 +26,8 @@ class Folder:
     """A folder that syncd scans.
 
     `key` identifies the folder within the mailbox and survives restarts (an
-    EWS or Graph folder id, or a path for the drop directory). `name` is what
-    the user sees.
+    EWS or Graph folder id, or a path for the drop directory). `name` is the
+    display name in the mailbox.
     """
 
     key: str
@@ -46,7 +46,7 @@ class FolderReport:
 class Item:
     """One mail as a backend yields it.
 
-    `raw` holds the RFC 5322 bytes, or the bytes of an Outlook .msg file when
+    `raw` contains the RFC 5322 bytes, or the bytes of an Outlook .msg file when
     `format` is "msg". When the backend could not fetch the content, `raw` is
     None and `error` says why; the item is still recorded, as failed. `size`
     is the size in bytes when the backend knows it without reading the
@@ -103,8 +103,9 @@ class MailboxBackend(Protocol):
     def apply_feedback(self, requests: list[FeedbackRequest]) -> list[FeedbackRequest]:
         """Show each outcome in the mailbox and return the requests that were applied.
 
-        A request that could not be applied is left out of the result and is
-        tried again on a later pass; it must never undo or repeat the filing.
+        A request that could not be applied is left out of the result, and
+        a later pass tries it again. Feedback never undoes or repeats the
+        filing.
         """
         ...
 

@@ -114,10 +114,11 @@ def code(app: App, ref: str, as_html: bool, background: str) -> None:
 def load(app: App, path: Path, as_json: bool) -> None:
     """Add the organisations, persons, users and records listed in a JSON file.
 
-    The file has the lists "organisations" (key, name), "persons" (key,
-    organisation key, name, emails), "users" (name, email) and "records"
-    (kind, organisation key, optional person key, title, optional
-    tracking_code); keys only connect entries within the file.
+    The file has four lists. "organisations" entries have key and name;
+    "persons" have key, organisation (a key), name and emails; "users" have
+    name and email; "records" have kind, organisation, an optional person,
+    title and an optional tracking_code. Keys only connect entries within
+    the file.
     """
     try:
         content: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
