@@ -31,8 +31,8 @@ def validate_name(name: str) -> str:
     return name
 
 
-def read_secret(name: str) -> str:
-    """Return the secret `name`; raise ConfigError saying where it was looked for."""
+def find_secret(name: str) -> str | None:
+    """Return the secret `name`, or None when it is set nowhere."""
     validate_name(name)
     variable = variable_for(name)
     if os.environ.get(variable):
@@ -45,7 +45,15 @@ def read_secret(name: str) -> str:
             # Only the line end that editors and `echo` add is dropped: a
             # password may begin or end with a space.
             return path.read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+    return None
 
+
+def read_secret(name: str) -> str:
+    """Return the secret `name`; raise ConfigError saying where it was looked for."""
+    value = find_secret(name)
+    if value is not None:
+        return value
+    variable = variable_for(name)
     raise ConfigError(
         f"secret {name!r} not found: set {variable}, or pass it with "
         f"LoadCredential={name}:PATH in the service unit, or put it in {CREDENTIALS_FALLBACK / name}"

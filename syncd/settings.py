@@ -10,21 +10,29 @@ files that systemd's LoadCredential provides.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
+from syncd import filemodes
 from syncd.errors import ConfigError
+from syncd.secrets import find_secret
 
 SEARCH_PATH = (Path("settings.toml"), Path("/etc/syncd/settings.toml"))
+
+#: The password in a URL's user information, "scheme://user:PASSWORD@host".
+_URL_PASSWORD = re.compile(r"(//[^/?#@:]*:)[^/?#@]*@")
 
 
 class SyncSettings(BaseModel, extra="forbid"):
@@ -74,6 +82,32 @@ class GraphSettings(BaseModel, extra="forbid"):
 class EntraSettings(BaseModel, extra="forbid"):
     #: Microsoft Entra ID sign-in host that issues app tokens (OAuth 2.0 client credentials).
     authority_host: str = "https://login.microsoftonline.com"
+
+
+class TlsSettings(BaseModel, extra="forbid"):
+    """Certificate checks on the HTTPS connections to Exchange, Microsoft Graph and Entra ID."""
+
+    #: Whether syncd checks the server certificates. With false, anyone on
+    #: the network path can pose as the server and read passwords, tokens and
+    #: mail, so syncd logs a warning for every mailbox it opens.
+    verify: bool = True
+    #: PEM file, or directory prepared with `openssl rehash`, of the CA
+    #: certificates to trust in place of the default ones; it takes
+    #: precedence over REQUESTS_CA_BUNDLE. Empty means requests' default:
+    #: $REQUESTS_CA_BUNDLE when set, else the certifi package's bundle.
+    ca_bundle: str = ""
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _existing_bundle(cls, value: str, info: ValidationInfo) -> str:
+        if not value:
+            return value
+        if info.data.get("verify") is False:
+            raise ValueError("a CA bundle is given but tls.verify is false: remove one of the two")
+        path = Path(value).expanduser()
+        if not path.exists():
+            raise ValueError("CA bundle not found: give the path of a PEM file of CA certificates")
+        return str(path)
 
 
 class NameSettings(BaseModel, extra="forbid"):
@@ -126,6 +160,7 @@ class Settings(BaseSettings):
     ews: EwsSettings = Field(default_factory=EwsSettings)
     graph: GraphSettings = Field(default_factory=GraphSettings)
     entra: EntraSettings = Field(default_factory=EntraSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
     names: NameSettings = Field(default_factory=NameSettings)
 
     @classmethod
@@ -138,6 +173,19 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @field_validator("database_url")
+    @classmethod
+    def _parsable_url(cls, value: str) -> str:
+        if not value:
+            return value
+        try:
+            make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(
+                "not an SQLAlchemy URL: use e.g. postgresql+psycopg://syncd:PASSWORD@dbhost/crm"
+            ) from exc
+        return value
 
     @field_validator("local_timezone")
     @classmethod
@@ -156,8 +204,16 @@ class Settings(BaseSettings):
         return Path.home() / ".local" / "share" / "syncd"
 
     def resolved_database_url(self) -> str:
+        """Return database_url, else the secret "database-url", else the SQLite file in data_dir.
+
+        The secret lets a PostgreSQL password reach syncd through systemd's
+        LoadCredential= instead of the settings file.
+        """
         if self.database_url:
             return self.database_url
+        from_secret = find_secret("database-url")
+        if from_secret:
+            return from_secret.strip()
         return f"sqlite:///{self.resolved_data_dir() / 'syncd.db'}"
 
     def name(self, key: str) -> str:
@@ -196,7 +252,16 @@ def load_settings(explicit: str | None = None) -> Settings:
     except ValueError as exc:
         # tomllib reports syntax errors as ValueError subclasses.
         raise ConfigError(f"settings file {str(path)!r} is not valid TOML: {exc}") from exc
+
+    filemodes.warn_about_readable_files(path, password_in_file=_password_in_file(path, settings))
     return settings
+
+
+def _password_in_file(path: Path | None, settings: Settings) -> bool:
+    """Return whether the settings file itself holds a database password."""
+    if path is None or not settings.database_url or os.environ.get("SYNCD_DATABASE_URL"):
+        return False
+    return make_url(settings.database_url).password is not None
 
 
 def _describe(exc: ValidationError, path: Path | None) -> str:
@@ -205,6 +270,8 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
     variable = "SYNCD_" + "__".join(str(part) for part in error["loc"]).upper()
     where = f" in {str(path)!r}" if path else ""
     value = error.get("input")
+    if dotted == "database_url" and isinstance(value, str):
+        value = _URL_PASSWORD.sub(r"\1***@", value)
     return (
         f"invalid setting {dotted} = {value!r}{where}: {error['msg']} "
         f"(set it in the settings file or with {variable})"

@@ -8,6 +8,7 @@ import pytest
 
 from syncd import secrets
 from syncd.errors import ConfigError
+from syncd.settings import load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -40,3 +41,13 @@ def test_missing_secret_names_places() -> None:
 def test_bad_name_rejected() -> None:
     with pytest.raises(ConfigError, match="invalid secret name '../passwd'"):
         secrets.read_secret("../passwd")
+
+
+def test_database_url_from_credential(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "database-url").write_text("postgresql+psycopg://syncd:hemmelig@127.0.0.1/crm\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    monkeypatch.delenv("SYNCD_DATABASE_URL", raising=False)
+    monkeypatch.delenv("SYNCD_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    assert load_settings().resolved_database_url() == "postgresql+psycopg://syncd:hemmelig@127.0.0.1/crm"
