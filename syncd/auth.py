@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from msal.exceptions import MsalError
 
+from syncd import tls
 from syncd.errors import (
     BackendAuthError,
     BackendError,
@@ -140,9 +141,10 @@ class MsalTokenProvider:
     is trusted as given, because msal's instance discovery is off. It would
     send a request to login.microsoftonline.com to validate any other host.
 
-    `timeout` is in seconds per HTTP request to the authority. Tests pass
-    `application`, an object with msal's `acquire_token_for_client` method,
-    in place of the msal application.
+    `timeout` is in seconds per HTTP request to the authority. `verify`
+    sets the check of the authority's TLS certificate (see `syncd.tls`).
+    Tests pass `application`, an object with msal's
+    `acquire_token_for_client` method, in place of the msal application.
     """
 
     def __init__(
@@ -155,6 +157,7 @@ class MsalTokenProvider:
         scope: str,
         authority_host: str = DEFAULT_AUTHORITY_HOST,
         timeout: float = 30.0,
+        verify: tls.Verify = True,
         application: Any = None,
     ) -> None:
         _check_settings(tenant_id, client_id, client_secret, certificate, scope, authority_host, application)
@@ -171,6 +174,7 @@ class MsalTokenProvider:
         if certificate is not None:
             self._credential_kind = f"certificate {certificate.thumbprint}"
         self._timeout = timeout
+        self._verify = verify
         self._application = application
         self._lock = threading.Lock()
 
@@ -233,7 +237,7 @@ class MsalTokenProvider:
                 client_credential=self._credential,
                 authority=self.authority,
                 instance_discovery=False,
-                timeout=self._timeout,
+                http_client=_AuthorityHttpClient(self._timeout, self._verify),
             )
         except (requests.RequestException, MsalError) as exc:
             raise self._request_failed(exc, f"loading the OpenID configuration from {self.authority}") from exc
@@ -254,7 +258,7 @@ class MsalTokenProvider:
         if isinstance(exc, requests.exceptions.SSLError):
             return PermanentBackendError(
                 f"Token request for {self._who()} failed with a TLS error while {step} ({detail}); "
-                "check the authority's certificate and the CA bundle (REQUESTS_CA_BUNDLE)."
+                "check the authority's certificate, and name the CA that issued it in tls.ca_bundle."
             )
         return TransientBackendError(
             f"Token request for {self._who()} failed while {step} ({detail}); try again later."
@@ -285,7 +289,24 @@ class MsalTokenProvider:
         return text[:MAX_DESCRIPTION_CHARS] + "…" if len(text) > MAX_DESCRIPTION_CHARS else text
 
 
-_providers: dict[tuple[str, str, str, str, str], MsalTokenProvider] = {}
+class _AuthorityHttpClient(requests.Session):
+    """The HTTP client msal uses: requests with a default timeout and syncd's TLS settings.
+
+    msal passes no timeout per request to an HTTP client it is given. Its own
+    client retries a failed connection once, and this one keeps that.
+    """
+
+    def __init__(self, timeout: float, verify: tls.Verify) -> None:
+        super().__init__()
+        self.default_timeout = timeout
+        tls.mount_adapter(self, verify, max_retries=1)
+
+    def request(self, method: str, url: Any, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self.default_timeout)
+        return super().request(method, url, *args, **kwargs)
+
+
+_providers: dict[tuple[str, str, str, str, str, str], MsalTokenProvider] = {}
 _providers_lock = threading.Lock()
 
 
@@ -296,8 +317,9 @@ def token_provider_for(
     scope: str,
     *,
     authority_host: str = DEFAULT_AUTHORITY_HOST,
+    verify: tls.Verify = True,
 ) -> MsalTokenProvider:
-    """Return the process's provider for this app, credential and scope, creating it on first use.
+    """Return the process's provider for this app, credential, scope and TLS check, creating it on first use.
 
     `credential` is the client secret or a `ClientCertificate`. Every mailbox
     of a tenant that uses the same app registration shares one provider, so
@@ -309,6 +331,7 @@ def token_provider_for(
         client_id.lower(),
         _credential_digest(credential),
         scope,
+        repr(verify),
     )
     with _providers_lock:
         provider = _providers.get(key)
@@ -316,12 +339,12 @@ def token_provider_for(
             if isinstance(credential, ClientCertificate):
                 provider = MsalTokenProvider(
                     tenant_id=tenant_id, client_id=client_id, certificate=credential,
-                    scope=scope, authority_host=authority_host,
+                    scope=scope, authority_host=authority_host, verify=verify,
                 )
             else:
                 provider = MsalTokenProvider(
                     tenant_id=tenant_id, client_id=client_id, client_secret=credential,
-                    scope=scope, authority_host=authority_host,
+                    scope=scope, authority_host=authority_host, verify=verify,
                 )
             _providers[key] = provider
         return provider

@@ -20,7 +20,9 @@ def configure_logging(level: str = "INFO") -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
-        install_log_filter(handler)
+    # Every handler of the root logger gets the filter, also one that was
+    # there before syncd's, because each of them receives the libraries' records.
+    install_log_filter(*root.handlers)
     root.setLevel(logging.WARNING)
     logging.getLogger("syncd").setLevel(level)
     logging.getLogger("crmstore").setLevel(level)

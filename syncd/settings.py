@@ -31,8 +31,8 @@ from syncd.secrets import find_secret
 
 SEARCH_PATH = (Path("settings.toml"), Path("/etc/syncd/settings.toml"))
 
-#: The password in a URL's user information, "scheme://user:PASSWORD@host".
-_URL_PASSWORD = re.compile(r"(//[^/?#@:]*:)[^/?#@]*@")
+#: A password in a database URL: "scheme://user:PASSWORD@host" or "?password=PASSWORD".
+_URL_PASSWORDS = (re.compile(r"(//[^/?#@:]*:)[^/?#@]*(@)"), re.compile(r"(?i)([?&]password=)[^&#]*()"))
 
 
 class SyncSettings(BaseModel, extra="forbid"):
@@ -92,7 +92,7 @@ class TlsSettings(BaseModel, extra="forbid"):
     #: mail, so syncd logs a warning for every mailbox it opens.
     verify: bool = True
     #: PEM file, or directory prepared with `openssl rehash`, of the CA
-    #: certificates to trust in place of the default ones; it takes
+    #: certificates to trust in place of the default ones. It takes
     #: precedence over REQUESTS_CA_BUNDLE. Empty means requests' default:
     #: $REQUESTS_CA_BUNDLE when set, else the certifi package's bundle.
     ca_bundle: str = ""
@@ -271,7 +271,9 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
     where = f" in {str(path)!r}" if path else ""
     value = error.get("input")
     if dotted == "database_url" and isinstance(value, str):
-        value = _URL_PASSWORD.sub(r"\1***@", value)
+        # The URL did not parse, so SQLAlchemy cannot mask it.
+        for pattern in _URL_PASSWORDS:
+            value = pattern.sub(r"\1***\2", value)
     return (
         f"invalid setting {dotted} = {value!r}{where}: {error['msg']} "
         f"(set it in the settings file or with {variable})"

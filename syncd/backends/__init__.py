@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from syncd import tls
 from syncd.errors import ConfigError
 from syncd.secrets import read_secret
 
@@ -35,6 +36,8 @@ def open_backend(mailbox: Mailbox, settings: Settings) -> MailboxBackend:
             batch_size=settings.sync.batch_size,
             max_item_bytes=settings.limits.max_message_bytes,
         )
+    if mailbox.backend in ("ews", "graph"):
+        tls.warn_if_unverified(tls.verify_from(settings.tls), f"mailbox {mailbox.address}")
     if mailbox.backend == "ews":
         return _open_ews(mailbox, settings)
     if mailbox.backend == "graph":
@@ -56,10 +59,11 @@ def _open_ews(mailbox: Mailbox, settings: Settings) -> MailboxBackend:
     from syncd.backends.ews import EwsBackend
 
     config = mailbox.config
+    verify = tls.verify_from(settings.tls)
     return EwsBackend(
         mailbox.address,
         endpoint=config["endpoint"],
-        credentials=ews_credentials(config, settings.entra.authority_host),
+        credentials=ews_credentials(config, settings.entra.authority_host, verify=verify),
         access=config.get("access", "impersonation"),
         folder_names=[settings.name("sync_folder")],
         inbound=mailbox.role == "inbound",
@@ -69,6 +73,7 @@ def _open_ews(mailbox: Mailbox, settings: Settings) -> MailboxBackend:
         batch_size=settings.sync.batch_size,
         timeout=settings.ews.timeout_seconds,
         max_connections=settings.ews.max_connections_per_account,
+        verify=verify,
     )
 
 
@@ -77,9 +82,10 @@ def _open_graph(mailbox: Mailbox, settings: Settings) -> MailboxBackend:
     from syncd.backends.graph import GraphBackend
 
     config = mailbox.config
+    verify = tls.verify_from(settings.tls)
     provider = token_provider_for(
         config["tenant_id"], config["client_id"], read_secret(config["secret"]), GRAPH_SCOPE,
-        authority_host=settings.entra.authority_host,
+        authority_host=settings.entra.authority_host, verify=verify,
     )
     return GraphBackend(
         mailbox.address,
@@ -93,23 +99,27 @@ def _open_graph(mailbox: Mailbox, settings: Settings) -> MailboxBackend:
         batch_size=settings.sync.batch_size,
         timeout=settings.graph.timeout_seconds,
         max_concurrency=settings.graph.max_concurrency,
+        verify=verify,
     )
 
 
-def ews_credentials(config: dict[str, Any], authority_host: str) -> Any:
-    """Return the shared credentials object for the service account in an EWS enrolment."""
+def ews_credentials(config: dict[str, Any], authority_host: str, *, verify: tls.Verify = True) -> Any:
+    """Return the shared credentials object for the service account in an EWS enrolment.
+
+    `verify` is the TLS check of the Entra ID authority for "oauth2".
+    """
     from syncd.backends.ews import make_credentials
 
     auth = config["auth"]
     key = (auth, config["endpoint"], config.get("username") or "", config.get("tenant_id") or "",
-           config.get("client_id") or "", config["secret"])
+           config.get("client_id") or "", config["secret"], repr(verify))
     with _credentials_lock:
         if key not in _credentials:
             secret = read_secret(config["secret"])
             if auth == "oauth2":
                 _credentials[key] = make_credentials(
                     auth, tenant_id=config["tenant_id"], client_id=config["client_id"], client_secret=secret,
-                    authority_host=authority_host,
+                    authority_host=authority_host, verify=verify,
                 )
             else:
                 _credentials[key] = make_credentials(auth, username=config["username"], password=secret)

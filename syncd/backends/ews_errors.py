@@ -94,9 +94,9 @@ def translate_error(exc: BaseException, *, mailbox: str, action: str) -> Backend
             "the folder will be synced from the start.",
             mailbox=mailbox,
         )
-    if isinstance(exc, requests.exceptions.SSLError):
+    if _is_tls_failure(exc):
         return PermanentBackendError(
-            f"{where}: TLS error ({detail}); check the server certificate and the CA bundle.",
+            f"{where}: TLS error ({detail}); check the server certificate, and name the CA that issued it in tls.ca_bundle.",
             mailbox=mailbox,
         )
     if isinstance(exc, TRANSIENT_ERRORS) or isinstance(exc, requests.RequestException):
@@ -149,6 +149,14 @@ def ews_errors(mailbox: str, action: str, *, sync_state_sent: bool = False) -> I
             f"({type(exc).__name__}: {exc}); the folder will be synced from the start.",
             mailbox=mailbox,
         ) from exc
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    # exchangelib 5.6 turns a failed TLS handshake into a TransportError
+    # raised while handling requests' SSLError.
+    if isinstance(exc, ews.TransportError):
+        return isinstance(exc.__context__, requests.exceptions.SSLError)
+    return isinstance(exc, requests.exceptions.SSLError)
 
 
 def _retry_after(exc: BaseException) -> float | None:

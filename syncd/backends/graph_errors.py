@@ -145,7 +145,7 @@ def translate_error(exc: BaseException, *, mailbox: str, action: str) -> Backend
 
     if isinstance(exc, requests.exceptions.SSLError):
         return PermanentBackendError(
-            f"{where}: TLS error ({detail}); check the server certificate and the CA bundle.", mailbox=mailbox
+            f"{where}: TLS error ({detail}); check the server certificate, and name the CA that issued it in tls.ca_bundle.", mailbox=mailbox
         )
     if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                         requests.exceptions.InvalidSchema)):

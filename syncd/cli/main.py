@@ -8,7 +8,7 @@ import click
 from sqlalchemy.exc import OperationalError
 
 from crmstore.errors import StoreError
-from syncd.cli import correspondence, crm, database, mailbox, status, sync, unmatched
+from syncd.cli import correspondence, crm, database, mailbox, person, status, sync, unmatched
 from syncd.cli.context import App
 from syncd.errors import SyncdError
 from syncd.logsetup import configure_logging
@@ -43,7 +43,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     configure_logging(app.settings.log_level)
 
 
-for module in (database, crm, mailbox, sync, correspondence, unmatched, status):
+for module in (database, crm, mailbox, sync, correspondence, unmatched, person, status):
     for command in module.COMMANDS:
         cli.add_command(command)
 
