@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +15,34 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from crmstore.errors import NotFoundError
+
 log = logging.getLogger("crmstore")
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*")
 
-def create_store_engine(url: str, **options: Any) -> Engine:
-    """Create an engine for `url`; SQLite files get WAL mode and enforced foreign keys."""
+
+def create_store_engine(url: str, *, create: bool = False, **options: Any) -> Engine:
+    """Create an engine for `url`; SQLite files get WAL mode and enforced foreign keys.
+
+    An SQLite file that does not exist yet is created only with `create`
+    (for `syncd db upgrade`); otherwise NotFoundError says how to create it,
+    so that a mistyped path does not leave an empty database behind.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        if database and database != ":memory:" and not database.startswith("file:"):
+            path = Path(database)
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            elif not path.is_file():
+                raise NotFoundError(
+                    f"the database file {str(path)!r} does not exist: check the database URL "
+                    "or data_dir, or create it with `syncd db upgrade`"
+                )
 
         # SQLite's default of failing at once on a locked file would turn a
         # second CLI command during a sync into an error; wait instead.
@@ -51,8 +68,13 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 def masked_url(url: str) -> str:
-    """Return `url` with any password replaced by ***, for logs and messages."""
-    return make_url(url).render_as_string(hide_password=True)
+    """Return `url` with any password replaced by ***, for logs and messages.
+
+    libpq also takes the password as a query parameter, which SQLAlchemy
+    does not hide, so that one is masked here.
+    """
+    rendered = make_url(url).render_as_string(hide_password=True)
+    return _QUERY_PASSWORD.sub(r"\1***", rendered)
 
 
 def _alembic_config(engine: Engine) -> Config:
@@ -69,6 +91,14 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Undo the schema migrations after `revision`; the data in what they added is lost."""
+    config = _alembic_config(engine)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
 
 
 def current_revision(engine: Engine) -> str | None:

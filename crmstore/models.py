@@ -168,6 +168,12 @@ class Correspondence(Base):
     sources: Mapped[list[ProcessedItem]] = relationship(
         back_populates="correspondence", order_by="ProcessedItem.id"
     )
+    candidates: Mapped[list[CorrespondenceCandidate]] = relationship(
+        back_populates="correspondence", cascade="all, delete-orphan", order_by="CorrespondenceCandidate.id"
+    )
+    message_refs: Mapped[list[MessageRef]] = relationship(
+        back_populates="correspondence", cascade="all, delete-orphan", order_by="MessageRef.id"
+    )
 
 
 class CorrespondenceLink(Base):
@@ -187,6 +193,52 @@ class CorrespondenceLink(Base):
     matched_by: Mapped[str] = mapped_column(String(16))
 
     correspondence: Mapped[Correspondence] = relationship(back_populates="links")
+
+
+class CorrespondenceCandidate(Base):
+    """A record that a weaker signal named for a correspondence filed elsewhere, kept for review.
+
+    `reason` is the signal: "quoted_code" (a code in quoted history only) or
+    "thread" (a mail of the same thread was filed against the record).
+    """
+
+    __tablename__ = "correspondence_candidates"
+    __table_args__ = (UniqueConstraint("correspondence_id", "target_kind", "target_id", "reason"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    correspondence_id: Mapped[int] = mapped_column(
+        ForeignKey("correspondence.id", ondelete="CASCADE"), index=True
+    )
+    #: activity, offer or delivery.
+    target_kind: Mapped[str] = mapped_column(String(16))
+    target_id: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(16))
+
+    correspondence: Mapped[Correspondence] = relationship(back_populates="candidates")
+
+
+class MessageRef(Base):
+    """A Message-ID or Outlook conversation key of a filed mail, so that later replies find it.
+
+    A correspondence has one row for the mail recorded and, when that mail
+    came in as a forward, one for the forward. `message_key` has the form of
+    `Correspondence.message_key` ("mid:" plus the Message-ID, or a hash of a
+    long one). `thread_key` is the hex of the first 22 bytes of the
+    Thread-Index header, which Outlook keeps for every mail of a conversation.
+    """
+
+    __tablename__ = "message_refs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    correspondence_id: Mapped[int] = mapped_column(
+        ForeignKey("correspondence.id", ondelete="CASCADE"), index=True
+    )
+    message_key: Mapped[str | None] = mapped_column(String(1000), nullable=True, index=True)
+    thread_key: Mapped[str | None] = mapped_column(String(44), nullable=True, index=True)
+    #: "message" for the mail recorded, "forward" for the forward that carried it.
+    role: Mapped[str] = mapped_column(String(16), default="message")
+
+    correspondence: Mapped[Correspondence] = relationship(back_populates="message_refs")
 
 
 class Mailbox(Base):
@@ -216,7 +268,9 @@ class MailboxFolder(Base):
     """A sync folder of a mailbox and its cursor.
 
     `sync_state` is opaque to syncd (an EWS SyncState or a Graph deltaLink) and
-    only valid for the backend named in `backend`.
+    only valid for the backend named in `backend`. A folder with `record_kind`
+    and `record_id` is a mapped folder: a subfolder of the sync folder whose
+    mail is filed against that record.
     """
 
     __tablename__ = "mailbox_folders"
@@ -229,8 +283,15 @@ class MailboxFolder(Base):
     backend: Mapped[str] = mapped_column(String(16))
     sync_state: Mapped[str | None] = mapped_column(Text, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    #: activity, offer or delivery for a mapped folder, else None.
+    record_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    record_id: Mapped[int | None] = mapped_column(ForeignKey("records.id"), nullable=True)
 
     mailbox: Mapped[Mailbox] = relationship(back_populates="folders")
+
+    @property
+    def is_mapped(self) -> bool:
+        return self.record_kind is not None and self.record_id is not None
 
 
 class UnmatchedMail(Base):

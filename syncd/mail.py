@@ -92,6 +92,10 @@ class MatchedBy(enum.StrEnum):
     RECORD = "record"
     ADDRESS = "address"
     MANUAL = "manual"
+    #: The mail replies to, or shares an Outlook conversation with, a mail filed against the record.
+    THREAD = "thread"
+    #: The mail was dropped into a folder mapped to the record.
+    FOLDER = "folder"
 
 
 class Outcome(enum.StrEnum):

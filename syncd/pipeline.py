@@ -18,10 +18,11 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from crmstore.refs import Ref
 from syncd.backends.base import Item
 from syncd.detect import find_codes
 from syncd.mail import Outcome, ParsedMail, UnmatchedReason
-from syncd.parse import is_unreadable, parse_item
+from syncd.parse import is_unreadable, limit_notes, parse_item
 from syncd.record import Source, find_ledger_entry, record_filed, record_unfiled
 from syncd.resolve import resolve
 from syncd.settings import LimitSettings, Settings
@@ -61,17 +62,22 @@ class Pipeline:
     def from_settings(cls, sessions: sessionmaker[Session], settings: Settings) -> Pipeline:
         return cls(sessions, settings.limits, ZoneInfo(settings.local_timezone))
 
-    def process(self, item: Item, source: Source, *, inbound: bool = False) -> ItemResult:
-        """Record one item exactly once and return its outcome."""
+    def process(
+        self, item: Item, source: Source, *, inbound: bool = False, mapped_to: Ref | None = None
+    ) -> ItemResult:
+        """Record one item exactly once and return its outcome.
+
+        `mapped_to` is the record of the mapped folder the item lies in.
+        """
         try:
-            return self._process_once(item, source, inbound=inbound)
+            return self._process_once(item, source, inbound=inbound, mapped_to=mapped_to)
         except IntegrityError:
             # Another node or process recorded the same item or mail between
             # our read and our insert; on the second try the read sees it.
             log.info("item %s in %s was recorded concurrently; reading it again", source.item_id, source.mailbox)
-            return self._process_once(item, source, inbound=inbound)
+            return self._process_once(item, source, inbound=inbound, mapped_to=mapped_to)
 
-    def _process_once(self, item: Item, source: Source, *, inbound: bool) -> ItemResult:
+    def _process_once(self, item: Item, source: Source, *, inbound: bool, mapped_to: Ref | None) -> ItemResult:
         with self.sessions() as session, session.begin():
             entry = find_ledger_entry(session, source)
             if entry is not None:
@@ -90,7 +96,7 @@ class Pipeline:
                 reason, detail = rejection
                 return self._keep_failed(session, item, source, None, reason, detail)
 
-        return self._run_stages(item, source, inbound=inbound)
+        return self._run_stages(item, source, inbound=inbound, mapped_to=mapped_to)
 
     def _reject_unreadable(self, item: Item) -> tuple[UnmatchedReason, str] | None:
         size = item.size if item.size is not None else len(item.raw or b"")
@@ -102,7 +108,7 @@ class Pipeline:
             return UnmatchedReason.ERROR, item.error or "the backend returned no content"
         return None
 
-    def _run_stages(self, item: Item, source: Source, *, inbound: bool) -> ItemResult:
+    def _run_stages(self, item: Item, source: Source, *, inbound: bool, mapped_to: Ref | None) -> ItemResult:
         assert item.raw is not None
         mail: ParsedMail | None = None
         stage = "parse"
@@ -124,7 +130,8 @@ class Pipeline:
                 candidates = find_codes(mail)
                 stage = "resolve"
                 resolution = resolve(
-                    session, mail, candidates, inbound=inbound, local_timezone=self.local_timezone
+                    session, mail, candidates, inbound=inbound, local_timezone=self.local_timezone,
+                    mapped_to=mapped_to,
                 )
                 stage = "record"
                 if resolution.filed:
@@ -146,7 +153,7 @@ class Pipeline:
                     source=source,
                     outcome=Outcome.UNMATCHED,
                     reason=resolution.reason.value,
-                    detail=", ".join(resolution.unknown_codes),
+                    detail=_unmatched_detail(resolution.unknown_codes, mail),
                 )
                 log.info(
                     "%s: unmatched (%s) from %s item %s, queued as %d",
@@ -198,6 +205,12 @@ class Pipeline:
             _label(mail), reason.value, source.mailbox, source.item_id, entry.id, detail,
         )
         return ItemResult(outcome, outcome, unmatched_id=entry.id)
+
+
+def _unmatched_detail(unknown_codes: list[str], mail: ParsedMail) -> str:
+    """Return the unknown codes, then the limits that left part of the mail unread."""
+    codes = [", ".join(unknown_codes)] if unknown_codes else []
+    return "; ".join(codes + limit_notes(mail))
 
 
 def _label(mail: ParsedMail | None) -> str:

@@ -15,21 +15,20 @@ from sqlalchemy.orm import Session
 
 from crmstore.models import (
     Correspondence,
+    CorrespondenceCandidate,
     CorrespondenceLink,
     ProcessedItem,
     UnmatchedMail,
 )
+from syncd import thread
+from syncd.correlate import CandidateRecord, Link
 from syncd.mail import Address, Direction, Outcome, ParsedMail
-from syncd.resolve import Link, Resolution
-
-#: Message-IDs longer than this are stored in the key as a hash, which keeps
-#: the unique index within PostgreSQL's limit for one index entry.
-MAX_PLAIN_KEY = 200
+from syncd.resolve import Resolution
 
 
 @dataclass(frozen=True)
 class Source:
-    """Where an item came from: mailbox (or "import"), folder and item id."""
+    """The origin of an item: mailbox (or "import"), folder and item id."""
 
     mailbox: str
     folder_key: str
@@ -40,9 +39,7 @@ class Source:
 def message_key(mail: ParsedMail) -> str:
     """Return the deduplication key of a mail: its Message-ID, else a content hash."""
     if mail.message_id:
-        if len(mail.message_id) <= MAX_PLAIN_KEY:
-            return f"mid:{mail.message_id}"
-        return "mid-sha256:" + hashlib.sha256(mail.message_id.encode()).hexdigest()
+        return thread.message_id_key(mail.message_id)
 
     digest = hashlib.sha256()
     for part in (
@@ -73,8 +70,8 @@ def record_filed(
     """Write the correspondence (or find the one already filed) with its links and source.
 
     Returns DUPLICATE when the same mail was already filed from another item,
-    for example when two users dropped it; the new item becomes a second
-    source and any links the earlier filing lacked are added.
+    for example when two users dropped it. The new item then becomes a
+    second source, and links the earlier filing lacked are added.
     """
     correspondence = find_correspondence(session, resolution.mail)
     outcome = Outcome.DUPLICATE
@@ -84,9 +81,18 @@ def record_filed(
             session, resolution.mail, resolution.direction, raw, raw_format
         )
     attach_links(correspondence, resolution.links)
+    attach_candidates(correspondence, resolution.candidate_records)
+    remember_thread(session, correspondence, resolution)
 
     add_ledger_entry(session, source, outcome, correspondence_id=correspondence.id)
     return outcome, correspondence
+
+
+def remember_thread(session: Session, correspondence: Correspondence, resolution: Resolution) -> None:
+    """Store the Message-IDs and conversation keys that let replies to this mail find it."""
+    thread.remember(session, correspondence.id, resolution.mail, "message")
+    if resolution.forward is not None:
+        thread.remember(session, correspondence.id, resolution.forward, "forward")
 
 
 def find_correspondence(session: Session, mail: ParsedMail) -> Correspondence | None:
@@ -129,6 +135,28 @@ def attach_links(correspondence: Correspondence, links: list[Link]) -> None:
                     target_kind=link.kind, target_id=link.target_id, matched_by=link.matched_by.value
                 )
             )
+
+
+def attach_candidates(correspondence: Correspondence, candidates: list[CandidateRecord]) -> None:
+    """Add the candidate records the correspondence has neither as candidate nor as link.
+
+    A candidate whose record a later filing of the same mail linked is removed.
+    """
+    linked = {(link.target_kind, link.target_id) for link in correspondence.links}
+    correspondence.candidates[:] = [
+        c for c in correspondence.candidates if (c.target_kind, c.target_id) not in linked
+    ]
+    existing = {(c.target_kind, c.target_id, c.reason) for c in correspondence.candidates}
+    for candidate in candidates:
+        key = (candidate.kind, candidate.record_id, candidate.reason.value)
+        if (candidate.kind, candidate.record_id) in linked or key in existing:
+            continue
+        existing.add(key)
+        correspondence.candidates.append(
+            CorrespondenceCandidate(
+                target_kind=candidate.kind, target_id=candidate.record_id, reason=candidate.reason.value
+            )
+        )
 
 
 def record_unfiled(

@@ -1,11 +1,11 @@
-"""Resolve stage: turn tracking codes and addresses into links to CRM entities.
+"""Resolve stage: turn tracking codes, the folder, the thread and addresses into links to CRM entities.
 
-Each distinct known code links the mail to its record (tracking_code) and to
-the record's organisation (record). Each address in From, To or Cc that
-belongs to a person links that person and the person's organisation
-(address). A mail with at least one link is filed; one without is unmatched,
-with reason unknown_code when a labelled code was not found in the store and
-no_code otherwise.
+The signals are gathered here and weighed in `syncd.correlate`. They are a
+known code in the new text or in quoted history, the record of a mapped
+folder, the records that earlier mail of the same thread was filed against,
+and each address in From, To or Cc that belongs to a person. A mail with at
+least one link is filed; one without is unmatched, with reason unknown_code when
+a labelled code was not found in the store and no_code otherwise.
 
 When a CRM user forwards a mail into syncd, the mail recorded is the
 forwarded original, so its sender, recipients, date and subject are the
@@ -21,19 +21,17 @@ from datetime import tzinfo
 from sqlalchemy.orm import Session
 
 from crmstore import crm
+from crmstore.models import Record
+from crmstore.refs import Ref
+from syncd import thread
+from syncd.correlate import CandidateRecord, Evidence, Link, Signal, Target, decide
 from syncd.forward import find_forwarded_original
-from syncd.mail import CodeCandidate, Direction, MatchedBy, ParsedMail, UnmatchedReason
+from syncd.mail import CodeCandidate, Direction, ParsedMail, UnmatchedReason
+from syncd.quoting import codes_in_new_text
+
+__all__ = ["Link", "Resolution", "resolve"]
 
 log = logging.getLogger("syncd.resolve")
-
-
-@dataclass(frozen=True)
-class Link:
-    """A link to make: `kind` is a record kind, "organisation" or "person"."""
-
-    kind: str
-    target_id: int
-    matched_by: MatchedBy
 
 
 @dataclass
@@ -48,6 +46,10 @@ class Resolution:
     unknown_codes: list[str] = field(default_factory=list)
     #: Address of the CRM user who forwarded the original, when it was a forward.
     forwarded_by: str | None = None
+    #: The forward that carried `mail`, when it was a forward into syncd.
+    forward: ParsedMail | None = None
+    #: Records that only outranked signals named; kept on the correspondence for review.
+    candidate_records: list[CandidateRecord] = field(default_factory=list)
 
     @property
     def filed(self) -> bool:
@@ -66,39 +68,71 @@ def resolve(
     *,
     inbound: bool = False,
     local_timezone: tzinfo | None = None,
+    mapped_to: Ref | None = None,
 ) -> Resolution:
     """Resolve one parsed mail against the store.
 
     `inbound` marks an inbound mailbox. `local_timezone` is the zone in
     which an inline-forwarded original's date is read when it names none.
+    `mapped_to` is the record of the mapped folder the mail lies in.
     """
     recorded, forwarded_by = _unwrap_forward(session, mail, inbound=inbound, local_timezone=local_timezone)
-    links: list[Link] = []
+    # For a forward, the forward's own subject, note and headers count too:
+    # a code the user wrote in the note is a code written for this mail.
+    carriers = [recorded] if recorded is mail else [recorded, mail]
 
     records = crm.records_by_code(session, (candidate.code for candidate in candidates))
-    for code, record in records.items():
-        links.append(Link(record.kind, record.id, MatchedBy.TRACKING_CODE))
-        links.append(Link("organisation", record.organisation_id, MatchedBy.RECORD))
     unknown = [c.code for c in candidates if c.labelled and c.code not in records]
-
+    evidence = _code_evidence(carriers, records)
+    evidence += _folder_evidence(session, mapped_to, recorded)
+    evidence += [Evidence(Signal.THREAD, _target(record)) for record in thread.records_in_thread(session, carriers)]
     emails = [address.email for address in recorded.addresses()]
     for person in crm.persons_by_email(session, emails).values():
-        links.append(Link("person", person.id, MatchedBy.ADDRESS))
-        links.append(Link("organisation", person.organisation_id, MatchedBy.ADDRESS))
+        evidence.append(Evidence(Signal.ADDRESS, Target("person", person.id, person.organisation_id)))
+    decision = decide(evidence)
 
+    label = recorded.message_id or "(no Message-ID)"
     if unknown:
+        log.info("message %s names unknown tracking code(s) %s", label, ", ".join(unknown))
+    if decision.candidates:
         log.info(
-            "message %s names unknown tracking code(s) %s",
-            recorded.message_id or "(no Message-ID)",
-            ", ".join(unknown),
+            "message %s: signals disagree; kept as candidates: %s",
+            label, ", ".join(f"{c.kind}:{c.record_id} ({c.reason})" for c in decision.candidates),
         )
     return Resolution(
         mail=recorded,
         direction=_direction(session, recorded),
-        links=list(dict.fromkeys(links)),
+        links=decision.links,
         unknown_codes=unknown,
         forwarded_by=forwarded_by,
+        forward=mail if recorded is not mail else None,
+        candidate_records=decision.candidates,
     )
+
+
+def _code_evidence(carriers: list[ParsedMail], records: dict[str, Record]) -> list[Evidence]:
+    written = set().union(*(codes_in_new_text(carrier) for carrier in carriers)) if records else set()
+    return [
+        Evidence(Signal.CODE if code in written else Signal.QUOTED_CODE, _target(record))
+        for code, record in records.items()
+    ]
+
+
+def _folder_evidence(session: Session, mapped_to: Ref | None, mail: ParsedMail) -> list[Evidence]:
+    if mapped_to is None:
+        return []
+    record = session.get(Record, mapped_to.id)
+    if record is None or record.kind != mapped_to.kind:
+        log.warning(
+            "message %s lies in a folder mapped to %s, which does not exist; the mapping is ignored",
+            mail.message_id or "(no Message-ID)", mapped_to,
+        )
+        return []
+    return [Evidence(Signal.FOLDER, _target(record))]
+
+
+def _target(record: Record) -> Target:
+    return Target(record.kind, record.id, record.organisation_id)
 
 
 def _unwrap_forward(

@@ -1,7 +1,9 @@
 """The unmatched queue: filing a waiting mail by hand, or dismissing it.
 
 Assigning never teaches syncd anything implicitly: it files this one mail
-against the named entity and nothing else changes.
+against the named entity, adds no address, mapping or rule, and nothing
+else changes. Like every filed mail, the assigned one keeps its Message-ID
+in the thread table, so a reply to it follows it to the same entity.
 """
 
 from __future__ import annotations
@@ -13,10 +15,25 @@ from crmstore import crm
 from crmstore.errors import InvalidInputError, NotFoundError
 from crmstore.models import Correspondence, ProcessedItem, UnmatchedMail
 from crmstore.refs import Ref
+from syncd.correlate import CandidateRecord, Link, Signal
 from syncd.mail import MatchedBy
 from syncd.parse import parse_item
-from syncd.record import attach_links, find_correspondence, new_correspondence
-from syncd.resolve import Link, Resolution, resolve
+from syncd.record import (
+    attach_candidates,
+    attach_links,
+    find_correspondence,
+    new_correspondence,
+    remember_thread,
+)
+from syncd.resolve import Resolution, resolve
+
+#: The signal behind a record link that resolve made, for keeping it as a
+#: candidate when an admin files the mail elsewhere.
+SIGNAL_OF_LINK = {
+    MatchedBy.TRACKING_CODE: Signal.CODE,
+    MatchedBy.FOLDER: Signal.FOLDER,
+    MatchedBy.THREAD: Signal.THREAD,
+}
 
 
 def get_open(session: Session, unmatched_id: int) -> UnmatchedMail:
@@ -29,7 +46,12 @@ def get_open(session: Session, unmatched_id: int) -> UnmatchedMail:
 
 
 def assign(session: Session, unmatched_id: int, ref: Ref) -> Correspondence:
-    """File the waiting mail against `ref` (matched_by manual) and close the entry."""
+    """File the waiting mail against `ref` (matched_by manual) and close the entry.
+
+    The links to the persons in From, To and Cc are made as for any mail.
+    Records that the thread suggests now are kept as candidates, not linked,
+    because the admin chose the record.
+    """
     entry = get_open(session, unmatched_id)
     crm.entity_name(session, ref)
     if entry.raw_mime is None:
@@ -43,7 +65,13 @@ def assign(session: Session, unmatched_id: int, ref: Ref) -> Correspondence:
     links = [Link(ref.kind, ref.id, MatchedBy.MANUAL)]
     if ref.is_record:
         links.append(Link("organisation", crm.get_record(session, ref).organisation_id, MatchedBy.RECORD))
-    correspondence = _file(session, entry, resolution, [*links, *resolution.links])
+    links += [link for link in resolution.links if link.matched_by is MatchedBy.ADDRESS]
+    resolution.candidate_records += [
+        CandidateRecord(link.kind, link.target_id, SIGNAL_OF_LINK[link.matched_by])
+        for link in resolution.links
+        if link.matched_by in SIGNAL_OF_LINK and (link.kind, link.target_id) != (ref.kind, ref.id)
+    ]
+    correspondence = _file(session, entry, resolution, links)
 
     entry.state = "assigned"
     entry.correspondence_id = correspondence.id
@@ -70,5 +98,7 @@ def _file(
             session, resolution.mail, resolution.direction, entry.raw_mime, entry.raw_format
         )
     attach_links(correspondence, list(dict.fromkeys(links)))
+    attach_candidates(correspondence, resolution.candidate_records)
+    remember_thread(session, correspondence, resolution)
     session.flush()
     return correspondence

@@ -3,7 +3,8 @@
 The cursor of a folder is stored only after every item of the batch it
 covers has been recorded, and feedback is shown only after that, so a crash
 at any point replays at most one batch, which the processed-item ledger
-then skips.
+then skips. A pass scans the sync folders and then the mapped folders,
+each of which hands its record to the pipeline.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from tenacity import (
 from tenacity.wait import wait_random_exponential
 
 from crmstore.models import Mailbox, MailboxFolder, ProcessedItem, utcnow
+from crmstore.refs import Ref
+from syncd import folders as stored
 from syncd.backends.base import Batch, FeedbackRequest, Folder, MailboxBackend
+from syncd.folders import ScannedFolder
 from syncd.errors import (
     BackendError,
     FolderNotFoundError,
@@ -105,19 +109,20 @@ class MailboxSync:
             inbound = mailbox.role == "inbound"
 
         try:
-            folders = self._stored_folders(address, backend.kind) or self._ensure_folders(address, backend)
+            roots = self._stored_folders(address, backend.kind) or self._ensure_folders(address, backend)
+            scanned = [ScannedFolder(folder) for folder in roots]
+            scanned += self._mapped_folders(address, backend, roots)
             self._retry_pending_feedback(address, backend)
-            for folder in folders:
+            for target in scanned:
                 try:
-                    self._sync_folder_restarting(address, backend, folder, inbound, counts)
+                    self._sync_folder_restarting(address, backend, target, inbound, counts)
                 except FolderNotFoundError as exc:
-                    # The user deleted or renamed a sync folder: find or
-                    # create it again and sync it from the start.
-                    log.warning("mailbox %s: %s; looking for the sync folders again", address, exc)
-                    self._forget_folders(address)
-                    for found in self._ensure_folders(address, backend):
-                        if found.name == folder.name:
-                            self._sync_folder_restarting(address, backend, found, inbound, counts)
+                    # The user deleted or renamed the folder: find or create
+                    # it again and sync it from the start.
+                    log.warning("mailbox %s: %s; looking for folder %r again", address, exc, target.folder.name)
+                    found = self._find_again(address, backend, target)
+                    if found is not None:
+                        self._sync_folder_restarting(address, backend, found, inbound, counts)
         except Stopped:
             log.info("mailbox %s: pass stopped for shutdown after %d items", address, counts.seen)
             self._set_status(address, error=None, finished=False)
@@ -143,25 +148,55 @@ class MailboxSync:
     def _stored_folders(self, address: str, kind: str) -> list[Folder]:
         """Return the sync folders found on an earlier pass, so an idle pass costs one request per folder."""
         with self.sessions() as session:
-            rows = session.scalars(
-                select(MailboxFolder)
-                .join(Mailbox)
-                .where(Mailbox.address == address, MailboxFolder.backend == kind)
-                .order_by(MailboxFolder.id)
-            )
-            return [Folder(row.folder_key, row.name) for row in rows]
+            return stored.sync_folders(session, address, kind)
 
-    def _forget_folders(self, address: str) -> None:
+    def _mapped_folders(self, address: str, backend: MailboxBackend, roots: list[Folder]) -> list[ScannedFolder]:
+        """Return the mapped folders to scan; those another backend found are found again by name.
+
+        After `syncd mailbox migrate` the stored folder ids are those of the
+        old backend, so each mapped folder is looked up below the first sync
+        folder once and then scanned from the start.
+        """
+        with self.sessions() as session:
+            rows = [(row.id, row.folder_key, row.name, row.backend, stored.mapped_ref(row))
+                    for row in stored.mapped_folders(session, address)]
+        scanned = []
+        for row_id, key, name, kind, ref in rows:
+            folder = Folder(key, name)
+            if kind != backend.kind:
+                folder = self._ensure_subfolder(address, backend, roots[0], name)
+                with self.sessions() as session, session.begin():
+                    stored.move_mapped_folder(session, row_id, folder, backend.kind)
+            scanned.append(ScannedFolder(folder, ref))
+        return scanned
+
+    def _find_again(self, address: str, backend: MailboxBackend, lost: ScannedFolder) -> ScannedFolder | None:
+        """Find or create a vanished folder again; return it, or None when the backend has no folder of that name."""
+        if lost.mapped_to is None:
+            with self.sessions() as session, session.begin():
+                stored.forget_sync_folders(session, address)
+            found = [folder for folder in self._ensure_folders(address, backend) if folder.name == lost.folder.name]
+            return ScannedFolder(found[0]) if found else None
+
+        root = (self._stored_folders(address, backend.kind) or self._ensure_folders(address, backend))[0]
+        folder = self._ensure_subfolder(address, backend, root, lost.folder.name)
         with self.sessions() as session, session.begin():
-            mailbox = session.scalar(select(Mailbox).where(Mailbox.address == address))
-            if mailbox is not None:
-                mailbox.folders.clear()
+            row = session.scalar(_folder_row(address, lost.folder))
+            if row is not None:
+                stored.move_mapped_folder(session, row.id, folder, backend.kind)
+        return ScannedFolder(folder, lost.mapped_to)
+
+    def _ensure_subfolder(self, address: str, backend: MailboxBackend, root: Folder, name: str) -> Folder:
+        folder = self._retrying(address, lambda: backend.ensure_subfolder(root, name).folder)
+        log.info("mailbox %s: mapped folder %r found again; scanning it from the start", address, name)
+        return folder
 
     def _sync_folder_restarting(
-        self, address: str, backend: MailboxBackend, folder: Folder, inbound: bool, counts: Counts
+        self, address: str, backend: MailboxBackend, target: ScannedFolder, inbound: bool, counts: Counts
     ) -> None:
+        folder = target.folder
         try:
-            self._retrying(address, lambda: self._sync_folder(address, backend, folder, inbound, counts))
+            self._retrying(address, lambda: self._sync_folder(address, backend, target, inbound, counts))
         except SyncStateInvalidError as exc:
             # The server forgot our cursor. Starting the folder from scratch
             # replays items already recorded, which the ledger skips.
@@ -170,11 +205,12 @@ class MailboxSync:
                 address, folder.name, exc,
             )
             self._save_state(address, folder, None)
-            self._retrying(address, lambda: self._sync_folder(address, backend, folder, inbound, counts))
+            self._retrying(address, lambda: self._sync_folder(address, backend, target, inbound, counts))
 
     def _sync_folder(
-        self, address: str, backend: MailboxBackend, folder: Folder, inbound: bool, counts: Counts
+        self, address: str, backend: MailboxBackend, target: ScannedFolder, inbound: bool, counts: Counts
     ) -> None:
+        folder = target.folder
         state = self._load_state(address, backend.kind, folder)
 
         def known(item_id: str) -> bool:
@@ -182,12 +218,18 @@ class MailboxSync:
                 return find_ledger_entry(session, Source(address, folder.key, folder.name, item_id)) is not None
 
         for batch in backend.batches(folder, state, known):
-            self._record_batch(address, backend, batch, inbound, counts)
+            self._record_batch(address, backend, batch, inbound, target.mapped_to, counts)
             if batch.state is not None:
                 self._save_state(address, folder, batch.state)
 
     def _record_batch(
-        self, address: str, backend: MailboxBackend, batch: Batch, inbound: bool, counts: Counts
+        self,
+        address: str,
+        backend: MailboxBackend,
+        batch: Batch,
+        inbound: bool,
+        mapped_to: Ref | None,
+        counts: Counts,
     ) -> None:
         feedback: list[FeedbackRequest] = []
         stopped = False
@@ -196,7 +238,7 @@ class MailboxSync:
                 stopped = True
                 break
             source = Source(address, batch.folder.key, batch.folder.name, item.item_id)
-            result: ItemResult = self.pipeline.process(item, source, inbound=inbound)
+            result: ItemResult = self.pipeline.process(item, source, inbound=inbound, mapped_to=mapped_to)
             counts.add(result.outcome)
             if result.feedback_pending:
                 feedback.append(FeedbackRequest(batch.folder.key, item.item_id, result.recorded_outcome))
@@ -283,15 +325,7 @@ class MailboxSync:
 
     def _save_folders(self, address: str, kind: str, folders: list[Folder]) -> None:
         with self.sessions() as session, session.begin():
-            mailbox = session.scalar(select(Mailbox).where(Mailbox.address == address))
-            assert mailbox is not None
-            known = {row.folder_key: row for row in mailbox.folders}
-            for folder in folders:
-                row = known.get(folder.key)
-                if row is None:
-                    mailbox.folders.append(MailboxFolder(folder_key=folder.key, name=folder.name, backend=kind))
-                else:
-                    row.name = folder.name
+            stored.save_sync_folders(session, address, kind, folders)
 
     def _load_state(self, address: str, kind: str, folder: Folder) -> str | None:
         with self.sessions() as session:

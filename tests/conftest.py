@@ -59,7 +59,7 @@ def _restore_logger_levels() -> Iterator[None]:
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An SQLite file migrated once; each test gets a copy."""
     path = tmp_path_factory.mktemp("store") / "template.db"
-    engine = db.create_store_engine(f"sqlite:///{path}")
+    engine = db.create_store_engine(f"sqlite:///{path}", create=True)
     db.upgrade(engine)
     with engine.connect() as connection:
         connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -170,6 +170,7 @@ def test_daemon_picks_up_enrolment_and_reload(store_url: str, tmp_path: Path, no
 
 
 def test_daemon_refuses_uninitialised_database(tmp_path: Path) -> None:
+    (tmp_path / "empty.db").touch()
     env = {**os.environ, "SYNCD_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}", "SYNCD_CONFIG": ""}
     env.pop("SYNCD_CONFIG")
     done = subprocess.run([*SYNCD, "run"], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)

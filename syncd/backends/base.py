@@ -89,6 +89,14 @@ class MailboxBackend(Protocol):
         """Find the sync folders, create the missing ones, and return them all."""
         ...
 
+    def ensure_subfolder(self, parent: Folder, name: str) -> FolderReport:
+        """Find the folder `name` directly below `parent`, creating it when missing.
+
+        Mapped folders are made this way below a sync folder. The new folder
+        is a folder of its own: scanning `parent` does not yield its items.
+        """
+        ...
+
     def batches(
         self, folder: Folder, state: str | None, known: Callable[[str], bool] | None = None
     ) -> Iterator[Batch]:

@@ -11,6 +11,7 @@ requests-oauthlib's tokens, passwords and SOAP bodies out of syncd's logs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -50,6 +51,7 @@ from exchangelib.transport import BASIC, NTLM, OAUTH2
 from oauthlib.oauth2 import OAuth2Token
 from oauthlib.oauth2.rfc6749 import errors as oauth_errors
 
+from syncd import tls
 from syncd.auth import DEFAULT_AUTHORITY_HOST, EWS_SCOPE, token_provider_for
 from syncd.backends.base import (
     Batch,
@@ -170,12 +172,14 @@ def make_credentials(
     client_secret: str | None = None,
     token_provider: TokenProvider | None = None,
     authority_host: str = DEFAULT_AUTHORITY_HOST,
+    verify: tls.Verify = True,
 ) -> BaseCredentials:
     """Build exchangelib credentials for "basic" or "ntlm" (username and password) or "oauth2".
 
     For "oauth2", tokens come from `token_provider` when given, else from the
     process's shared msal provider for `tenant_id`, `client_id` and
-    `client_secret` at `authority_host`. Build credentials once per service
+    `client_secret` at `authority_host`, which checks the authority's
+    certificate according to `verify`. Build credentials once per service
     account and keep them: exchangelib caches a connection pool per
     credentials object and never evicts it.
     """
@@ -196,7 +200,8 @@ def make_credentials(
                     f"EWS auth 'oauth2' needs {', '.join(missing)} (or a token provider); set them."
                 )
             token_provider = token_provider_for(
-                str(tenant_id), str(client_id), str(client_secret), EWS_SCOPE, authority_host=authority_host
+                str(tenant_id), str(client_id), str(client_secret), EWS_SCOPE,
+                authority_host=authority_host, verify=verify,
             )
         return ProvidedTokenCredentials(token_provider, tenant_id=tenant_id)
     raise ConfigError(f"EWS auth {auth!r} is not supported; use 'basic', 'ntlm' or 'oauth2'.")
@@ -235,6 +240,47 @@ class ThrottlingFailFast(FailFast):
             raise ErrorServerBusy(f"{exc} with Retry-After {retry_after:g} s", back_off=retry_after) from exc
 
 
+# -- TLS ------------------------------------------------------------------------------
+
+
+@functools.cache
+def protocol_class(verify: tls.Verify) -> type[Protocol]:
+    """Return the exchangelib Protocol class whose HTTP sessions check certificates according to `verify`.
+
+    exchangelib 5.6 builds every session's adapter from the class attribute
+    HTTP_ADAPTER_CLS, its documented hook for TLS settings. A subclass keeps
+    the setting to the backends that ask for it, where setting it on
+    BaseProtocol would change every exchangelib connection in the process.
+    """
+    if verify is True:
+        return Protocol
+
+    class VerifyingProtocol(Protocol):
+        HTTP_ADAPTER_CLS = tls.adapter_class(verify)
+
+    return VerifyingProtocol
+
+
+def _register_protocol(config: Configuration, verify: tls.Verify) -> None:
+    """Put a protocol of the right class for `config` into exchangelib's protocol cache.
+
+    `Account` takes its protocol from that cache, which is keyed on the
+    endpoint and the credentials object, so the Account built next uses this one.
+    """
+    wanted = protocol_class(verify)
+    try:
+        cached, _ = Protocol[config]
+    except KeyError:
+        cached = None
+    if cached is not None and type(cached) is not wanted:
+        # The settings changed since the protocol was built (a reload), or
+        # exchangelib cached an error for this endpoint.
+        if isinstance(cached, Protocol):
+            cached.close()
+        del Protocol[config]
+    wanted(config=config)
+
+
 # -- the backend ---------------------------------------------------------------------
 
 
@@ -249,7 +295,8 @@ class EwsBackend:
     of its sync folder, and "delete" moves it to Deleted Items, where the
     user can still restore it. `batch_size` is the SyncFolderItems page size
     and the GetItem, UpdateItem and MoveItem chunk size. `timeout` is in
-    seconds per HTTP request.
+    seconds per HTTP request. `verify` sets the check of the server's TLS
+    certificate (see `syncd.tls`).
     """
 
     kind = "ews"
@@ -269,6 +316,7 @@ class EwsBackend:
         batch_size: int = 50,
         timeout: float = 120,
         max_connections: int = 2,
+        verify: tls.Verify = True,
     ) -> None:
         _check_settings(
             mailbox, endpoint, access, folder_names, inbound, post_action, processed_folder_name,
@@ -291,6 +339,7 @@ class EwsBackend:
             retry_policy=ThrottlingFailFast(),
             max_connections=max_connections,
         )
+        _register_protocol(self._config, verify)
         self._account = Account(
             mailbox,
             config=self._config,
@@ -335,6 +384,19 @@ class EwsBackend:
                 log.info("Created sync folder %r in mailbox %s", name, self.mailbox)
             reports.append(FolderReport(Folder(key=created.id, name=name), created=is_new))
         return reports
+
+    def ensure_subfolder(self, parent: Folder, name: str) -> FolderReport:
+        """Find the mail folder `name` below `parent` by display name, creating it when missing."""
+        with ews_errors(self.mailbox, f"lookup of folder {name!r}"):
+            parent_folder = ExchangeFolder(root=self._account.root, id=parent.key)
+            found = self._find_child(parent_folder, name)
+        if found is not None:
+            return FolderReport(Folder(key=found.id, name=found.name or name), created=False)
+        with ews_errors(self.mailbox, f"creation of folder {name!r}"):
+            created, is_new = self._create_child(parent_folder, name)
+        if is_new:
+            log.info("Created folder %r below %r in mailbox %s", name, parent.name, self.mailbox)
+        return FolderReport(Folder(key=created.id, name=name), created=is_new)
 
     def _find_child(self, parent: ExchangeFolder, name: str) -> ExchangeFolder | None:
         # This sends one shallow FindFolder with a DisplayName restriction.

@@ -26,8 +26,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 
+from syncd import tls
 from syncd.backends.base import (
     Batch,
     FeedbackRequest,
@@ -212,6 +212,8 @@ class GraphBackend:
     `timeout` is in seconds per HTTP request. `max_concurrency` caps the
     requests in flight for this backend, sub-requests of a `$batch`
     included, at most 4. `sleep` waits out throttled `$batch` sub-requests.
+    `verify` sets the check of Graph's TLS certificate (see `syncd.tls`) and
+    applies to the session the backend builds, not to a `session` passed in.
     """
 
     kind = "graph"
@@ -232,6 +234,7 @@ class GraphBackend:
         max_concurrency: int = MAX_MAILBOX_CONCURRENCY,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        verify: tls.Verify = True,
     ) -> None:
         _check_settings(
             mailbox, base_url, folder_names, inbound, post_action, processed_folder_name,
@@ -261,9 +264,7 @@ class GraphBackend:
         self._owns_session = session is None
         if session is None:
             session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max_concurrency)
-            session.mount("https://", adapter)
-            session.mount("http://", adapter)
+            tls.mount_adapter(session, verify, pool_maxsize=max_concurrency)
         self._session = session
 
     # -- folders ---------------------------------------------------------------
@@ -288,6 +289,16 @@ class GraphBackend:
                 log.info("Created sync folder %r in mailbox %s", name, self.mailbox)
             reports.append(FolderReport(Folder(key=folder_id, name=name), created=is_new))
         return reports
+
+    def ensure_subfolder(self, parent: Folder, name: str) -> FolderReport:
+        """Find the mail folder `name` among the child folders of `parent`, creating it when missing."""
+        found = self._find_child(parent.key, name)
+        if found is not None:
+            return FolderReport(Folder(key=found, name=name), created=False)
+        folder_id, is_new = self._create_child(parent.key, name)
+        if is_new:
+            log.info("Created folder %r below %r in mailbox %s", name, parent.name, self.mailbox)
+        return FolderReport(Folder(key=folder_id, name=name), created=is_new)
 
     def _find_child(self, parent: str, name: str) -> str | None:
         """Return the id of the child folder of `parent` named `name`, or None."""

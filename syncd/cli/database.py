@@ -18,9 +18,11 @@ def db_group() -> None:
 def upgrade(app: App) -> None:
     """Apply the schema migrations; safe to run again."""
     url = app.settings.resolved_database_url()
-    before = db.current_revision(app.engine)
-    db.upgrade(app.engine)
-    after = db.current_revision(app.engine)
+    engine = db.create_store_engine(url, create=True)
+    before = db.current_revision(engine)
+    db.upgrade(engine)
+    after = db.current_revision(engine)
+    engine.dispose()
     if before == after:
         click.echo(f"database {db.masked_url(url)} is up to date (revision {after})")
     else:

@@ -9,9 +9,12 @@ import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from crmstore import crm
 from crmstore.crm import normalise_email
 from crmstore.errors import InvalidInputError, NotFoundError
 from crmstore.models import Mailbox
+from crmstore.refs import parse_ref
+from syncd import folders
 from syncd.backends import BACKEND_KINDS, open_backend
 from syncd.backends.dropdir import POST_ACTIONS
 from syncd.cli.context import App, pass_app, print_json
@@ -168,7 +171,8 @@ def migrate(app: App, address: str, target: str, tenant_id: str, client_id: str,
         config["post_action"] = mailbox.config.get("post_action", "keep")
         mailbox.backend = target
         mailbox.config = config
-        mailbox.folders.clear()
+        # Mapped folders keep their record; the next pass finds them by name.
+        mailbox.folders[:] = [row for row in mailbox.folders if row.is_mapped]
     click.echo(f"migrated {mailbox.address} from ews to {target}; the next pass re-reads its sync folders")
 
 
@@ -215,6 +219,98 @@ def list_mailboxes(app: App, as_json: bool) -> None:
         config: dict[str, Any] = row["config"]  # type: ignore[assignment]
         where = config.get("path") or config.get("endpoint") or config.get("tenant_id") or ""
         click.echo(f"{row['address']}  {row['backend']}  {row['role']}  {row['state']}  {where}")
+
+
+@mailbox_group.command("map-folder")
+@click.argument("address")
+@click.argument("folder_name", metavar="FOLDER")
+@click.argument("ref")
+@pass_app
+def map_folder(app: App, address: str, folder_name: str, ref: str) -> None:
+    """Make FOLDER below the sync folder of ADDRESS and file all mail dropped there against REF.
+
+    REF is a record such as offer:3. The folder is found, or created when
+    missing, through the mailbox's backend. A tracking code in the new text
+    of a mail still files it against the code's record as well.
+    """
+    name = _checked_folder_name(app, folder_name)
+    target = parse_ref(ref)
+    with app.sessions() as session:
+        mailbox = _get(session, address)
+        if not target.is_record:
+            raise InvalidInputError(f"{ref!r} is not a record: a folder maps to activity:ID, offer:ID or delivery:ID")
+        crm.get_record(session, target)
+        backend = open_backend(mailbox, app.settings)
+    try:
+        roots = [report.folder for report in backend.ensure_folders()]
+        report = backend.ensure_subfolder(roots[0], name)
+    finally:
+        backend.close()
+
+    with app.transaction() as session:
+        folders.save_sync_folders(session, mailbox.address, backend.kind, roots)
+        changed = folders.map_folder(session, mailbox.address, backend.kind, report.folder, target)
+    if not changed:
+        click.echo(f"folder {name!r} of {mailbox.address} is already mapped to {target}")
+        return
+    found = "created" if report.created else "found"
+    click.echo(f"{found} folder {name!r} below {roots[0].name!r} of {mailbox.address}; its mail is filed against {target}")
+
+
+@mailbox_group.command("unmap-folder")
+@click.argument("address")
+@click.argument("folder_name", metavar="FOLDER")
+@pass_app
+def unmap_folder(app: App, address: str, folder_name: str) -> None:
+    """Stop filing the mail in FOLDER of ADDRESS against its record; the folder stays.
+
+    syncd no longer reads the folder, so mail dropped there afterwards is
+    not filed; move it to the sync folder instead.
+    """
+    with app.transaction() as session:
+        row = folders.unmap_folder(session, address, folder_name)
+        mapped = f"{row.record_kind}:{row.record_id}"
+        name = row.name
+    click.echo(f"unmapped folder {name!r} of {address.lower()} from {mapped}, and the folder stays in the mailbox")
+
+
+@mailbox_group.command("folders")
+@click.argument("address")
+@json_option
+@pass_app
+def list_folders(app: App, address: str, as_json: bool) -> None:
+    """List the folders syncd scans in ADDRESS, and the record each mapped folder files against."""
+    with app.sessions() as session:
+        mailbox = _get(session, address)
+        rows = [
+            {
+                "name": row.name,
+                "backend": row.backend,
+                "record": f"{row.record_kind}:{row.record_id}" if row.is_mapped else None,
+            }
+            for row in sorted(mailbox.folders, key=lambda row: (row.is_mapped, row.id))
+        ]
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        click.echo(f"no folders found yet in {mailbox.address}: run `syncd mailbox check {mailbox.address}`")
+    for row in rows:
+        click.echo(f"{row['name']}  -> {row['record']}" if row["record"] else f"{row['name']}  (sync folder)")
+
+
+def _checked_folder_name(app: App, name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > 255:
+        raise InvalidInputError(f"invalid folder name {name!r}: give 1 to 255 characters")
+    if "/" in name or "\\" in name:
+        raise InvalidInputError(f"invalid folder name {name!r}: a mapped folder name has no / or \\")
+    processed = app.settings.name("processed_folder")
+    if name.casefold() == processed.casefold():
+        raise InvalidInputError(
+            f"invalid folder name {name!r}: syncd moves handled mail to {processed!r}, so choose another name"
+        )
+    return name
 
 
 def _set_enabled(app: App, address: str, enabled: bool) -> None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from crmstore.models import UnmatchedMail
 from crmstore.refs import parse_ref
 from syncd import review
 from syncd.cli.context import App, pass_app, print_json
+from syncd.suggest import suggest
 
 
 @click.group("unmatched")
@@ -21,24 +25,18 @@ def unmatched_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @pass_app
 def list_unmatched(app: App, show_all: bool, as_json: bool) -> None:
-    """List waiting mails with the reason each was not filed."""
+    """List waiting mails with the reason each was not filed and the records they may belong to.
+
+    Candidates are suggested for open, unmatched mails: a record a later
+    mail of the same thread was filed against, a record of the sender's
+    organisation whose title resembles the subject, and the other records
+    of that organisation.
+    """
     query = select(UnmatchedMail).order_by(UnmatchedMail.id)
     if not show_all:
         query = query.where(UnmatchedMail.state == "open")
     with app.sessions() as session:
-        rows = [
-            {
-                "id": entry.id,
-                "message_id": entry.message_id,
-                "subject": entry.subject,
-                "from": entry.sender,
-                "reason": entry.reason,
-                "outcome": entry.outcome,
-                "detail": entry.detail,
-                "state": entry.state,
-            }
-            for entry in session.scalars(query)
-        ]
+        rows = [_as_json(session, entry) for entry in session.scalars(query)]
     if as_json:
         print_json(rows)
         return
@@ -47,6 +45,31 @@ def list_unmatched(app: App, show_all: bool, as_json: bool) -> None:
     for row in rows:
         detail = f": {row['detail']}" if row["detail"] else ""
         click.echo(f"{row['id']:>5}  {row['reason']}{detail}  {row['from'] or '-'}  {row['subject']}")
+        if row["candidates"]:
+            found = ", ".join(f"{c['ref']} ({c['reason']} {c['score']:.2f})" for c in row["candidates"])
+            click.echo(f"       candidates: {found}")
+
+
+def _as_json(session: Session, entry: UnmatchedMail) -> dict[str, Any]:
+    # NOTE: suggesting parses each open mail again, so a queue of thousands
+    # of mails lists slowly.
+    suggestions = suggest(session, entry) if _wants_suggestions(entry) else []
+    return {
+        "id": entry.id,
+        "message_id": entry.message_id,
+        "subject": entry.subject,
+        "from": entry.sender,
+        "reason": entry.reason,
+        "outcome": entry.outcome,
+        "detail": entry.detail,
+        "state": entry.state,
+        "candidates": [{"ref": str(s.ref), "reason": s.reason, "score": s.score} for s in suggestions],
+    }
+
+
+def _wants_suggestions(entry: UnmatchedMail) -> bool:
+    # A failed mail waits for a fix of its content, not for a record.
+    return entry.state == "open" and entry.outcome == "unmatched"
 
 
 @unmatched_group.command("assign")
