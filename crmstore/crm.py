@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from crmstore import codes
+from crmstore.errors import InvalidInputError, NotFoundError
 from crmstore.models import (
     RECORD_KINDS,
     CrmUser,
@@ -21,7 +22,6 @@ from crmstore.models import (
     Record,
 )
 from crmstore.refs import Ref
-from crmstore.errors import InvalidInputError, NotFoundError
 
 
 def normalise_email(address: str) -> str:
@@ -44,6 +44,8 @@ def add_organisation(session: Session, name: str) -> Organisation:
 
 def add_person(session: Session, organisation_id: int, name: str, emails: Iterable[str]) -> Person:
     organisation = get_organisation(session, organisation_id)
+    if not name.strip():
+        raise InvalidInputError("person name is empty: give the person's full name with --name")
     addresses = [normalise_email(email) for email in emails]
     if not addresses:
         raise InvalidInputError(f"person {name!r} has no email address: give at least one --email")
@@ -62,9 +64,17 @@ def add_person(session: Session, organisation_id: int, name: str, emails: Iterab
 
 
 def add_user(session: Session, name: str, email: str) -> CrmUser:
+    if not name.strip():
+        raise InvalidInputError("user name is empty: give the user's full name with --name")
     address = normalise_email(email)
     if session.scalar(select(CrmUser).where(CrmUser.email == address)) is not None:
         raise InvalidInputError(f"CRM user {address!r} already exists")
+    contact = find_person_by_email(session, address)
+    if contact is not None:
+        raise InvalidInputError(
+            f"{address!r} belongs to contact person:{contact.id} ({contact.name}): "
+            "a CRM user's address decides direction, so it cannot also be a customer's"
+        )
     user = CrmUser(name=name.strip(), email=address)
     session.add(user)
     session.flush()
@@ -86,6 +96,8 @@ def add_record(
     """
     if kind not in RECORD_KINDS:
         raise InvalidInputError(f"invalid record kind {kind!r}: use one of {', '.join(RECORD_KINDS)}")
+    if not title.strip():
+        raise InvalidInputError("record title is empty: give a title with --title")
     organisation = get_organisation(session, organisation_id)
     person = get_person(session, person_id) if person_id is not None else None
     if person is not None and person.organisation_id != organisation.id:
@@ -99,8 +111,9 @@ def add_record(
         raise InvalidInputError(
             f"invalid tracking code {code!r}: expected 24 characters of base64 ending in =="
         )
-    if session.scalar(select(Record).where(Record.tracking_code == code)) is not None:
-        raise InvalidInputError(f"tracking code {code!r} already belongs to another record")
+    owner = session.scalar(select(Record).where(Record.tracking_code == code))
+    if owner is not None:
+        raise InvalidInputError(f"tracking code {code!r} already belongs to {owner.kind}:{owner.id} ({owner.title})")
 
     record = Record(
         kind=kind, organisation=organisation, person=person, title=title.strip(), tracking_code=code

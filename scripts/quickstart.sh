@@ -9,8 +9,11 @@ rm -rf "$demo"
 mkdir -p "$demo/drop"
 cp samples/mail/*.eml "$demo/drop/"
 
+# The demo gets its own copy of the settings, private to its owner as
+# syncd expects of a settings file.
+install -m 600 settings.toml "$demo/settings.toml"
 export SYNCD_DATA_DIR="$demo"
-export SYNCD_CONFIG="$PWD/settings.toml"
+export SYNCD_CONFIG="$demo/settings.toml"
 export PATH="$PWD/.venv/bin:$PATH"
 # Per-mail log lines would bury the summary; `syncd status` and the lists below show the outcome.
 export SYNCD_LOG_LEVEL=WARNING

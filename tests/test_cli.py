@@ -116,9 +116,25 @@ def test_sync_needs_once(run: Syncd) -> None:
 def test_uninitialised_database_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    (tmp_path / "fresh.db").touch()
     result = CliRunner().invoke(cli, ["mailbox", "list"], env={"SYNCD_DATABASE_URL": url, "SYNCD_CONFIG": ""})
     assert result.exit_code == 1
     assert result.stderr == f"Error: the database {url} is not initialised or is outdated: run `syncd db upgrade`\n"
+
+
+def test_missing_database_file_not_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "skrivefeil" / "crm.db"
+    env = {"SYNCD_DATABASE_URL": f"sqlite:///{path}", "SYNCD_CONFIG": ""}
+
+    result = CliRunner().invoke(cli, ["status"], env=env)
+
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: the database file '{path}' does not exist: check the database URL or data_dir, "
+        "or create it with `syncd db upgrade`\n"
+    )
+    assert not path.parent.exists()
 
 
 def test_db_upgrade_reports_revision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -213,3 +229,39 @@ def test_console_script_runs(tmp_path: Path) -> None:
     done = subprocess.run([str(syncd), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert "File email correspondence into the CRM by tracking code." in done.stdout
+
+
+def test_crm_list_records(run: Syncd, fjord: dict[str, Any]) -> None:
+    [record] = run.json("crm", "list", "records")
+    assert record["ref"] == "offer:1"
+    assert record["title"] == "Tilbud – skrog og rigg"
+    assert record["organisation"] == "organisation:1"
+
+
+def test_crm_list_persons_text(run: Syncd, fjord: dict[str, Any]) -> None:
+    result = run("crm", "list", "persons")
+    assert result.stdout.startswith("person:1  Kari Nordmann  organisation:1")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["crm", "add-person", "--organisation", "1", "--name", " ", "--email", "ola@fjordmarine.example"],
+         "Error: person name is empty: give the person's full name with --name"),
+        (["crm", "add-record", "offer", "--organisation", "1", "--title", ""],
+         "Error: record title is empty: give a title with --title"),
+        (["crm", "add-user", "--name", "Kari", "--email", "kari@fjordmarine.example"],
+         "Error: 'kari@fjordmarine.example' belongs to contact person:1 (Kari Nordmann): "
+         "a CRM user's address decides direction, so it cannot also be a customer's"),
+    ],
+)
+def test_empty_or_conflicting_entity_rejected(run: Syncd, fjord: dict[str, Any], args: list[str], message: str) -> None:
+    result = run(*args, code=1)
+    assert result.stderr == message + "\n"
+
+
+def test_load_rejects_unknown_list(run: Syncd, tmp_path: Path) -> None:
+    content = tmp_path / "crm.json"
+    content.write_text('{"organisasjoner": []}')
+    result = run("crm", "load", str(content), code=1)
+    assert "unknown list(s) organisasjoner" in result.stderr

@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from crmstore import codes
 from crmstore import crm as store
 from crmstore.errors import InvalidInputError
+from crmstore.models import CrmUser, Organisation, Person, Record
 from crmstore.refs import Ref, parse_ref
 from syncd.cli.context import App, pass_app, print_json
 
@@ -30,7 +33,9 @@ def add_organisation(app: App, name: str, as_json: bool) -> None:
     """Add an organisation called NAME."""
     with app.transaction() as session:
         organisation = store.add_organisation(session, name)
-    _print_added(as_json, {"id": organisation.id}, f"added organisation:{organisation.id} {organisation.name}")
+    _print_added(
+        as_json, {"id": organisation.id}, f"added organisation:{organisation.id} {organisation.name}"
+    )
 
 
 @crm_group.command("add-person")
@@ -92,18 +97,22 @@ def add_record(
 @crm_group.command("code")
 @click.argument("ref")
 @click.option("--html", "as_html", is_flag=True, help="Print the hidden HTML merge field.")
-@click.option(
-    "--background", default="#ffffff", show_default=True, help="Mail background colour for --html."
-)
+@click.option("--background", default="#ffffff", show_default=True, help="Mail background colour for --html.")
 @pass_app
 def code(app: App, ref: str, as_html: bool, background: str) -> None:
     """Print the tracking-code line of the record REF (e.g. offer:12)."""
     parsed = parse_ref(ref)
     if not parsed.is_record:
-        raise InvalidInputError(f"{ref!r} is not a record: tracking codes belong to activity, offer or delivery")
+        raise InvalidInputError(
+            f"{ref!r} is not a record: tracking codes belong to activity, offer or delivery"
+        )
     with app.sessions() as session:
         record = store.get_record(session, parsed)
-    text = codes.render_html(record.tracking_code, background) if as_html else codes.render_text(record.tracking_code)
+    text = (
+        codes.render_html(record.tracking_code, background)
+        if as_html
+        else codes.render_text(record.tracking_code)
+    )
     click.echo(text)
 
 
@@ -143,6 +152,9 @@ def load(app: App, path: Path, as_json: bool) -> None:
 
 
 def _load_entities(app: App, content: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(content) - {"organisations", "persons", "users", "records"}
+    if unknown:
+        raise KeyError(f"unknown list(s) {', '.join(sorted(unknown))}")
     refs: dict[str, str] = {}
     with app.transaction() as session:
         organisations = {}
@@ -151,7 +163,9 @@ def _load_entities(app: App, content: dict[str, Any]) -> dict[str, Any]:
         persons = {}
         for entry in content.get("persons", []):
             organisation_id = organisations[entry["organisation"]]
-            persons[entry["key"]] = store.add_person(session, organisation_id, entry["name"], entry["emails"]).id
+            persons[entry["key"]] = store.add_person(
+                session, organisation_id, entry["name"], entry["emails"]
+            ).id
         for entry in content.get("users", []):
             store.add_user(session, entry["name"], entry["email"])
         for entry in content.get("records", []):
@@ -172,6 +186,56 @@ def _load_entities(app: App, content: dict[str, Any]) -> dict[str, Any]:
         "users": len(content.get("users", [])),
         "records": refs,
     }
+
+
+@crm_group.command("list")
+@click.argument("what", type=click.Choice(["organisations", "persons", "users", "records"]))
+@json_option
+@pass_app
+def list_entities(app: App, what: str, as_json: bool) -> None:
+    """List organisations, persons, users or records with their ids."""
+    with app.sessions() as session:
+        rows = _entity_rows(session, what)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        click.echo(f"no {what}")
+    for row in rows:
+        click.echo("  ".join(str(value) for value in row.values() if value not in (None, "", [])))
+
+
+def _entity_rows(session: Session, what: str) -> list[dict[str, Any]]:
+    if what == "organisations":
+        return [
+            {"ref": f"organisation:{o.id}", "name": o.name}
+            for o in session.scalars(select(Organisation).order_by(Organisation.id))
+        ]
+    if what == "persons":
+        return [
+            {
+                "ref": f"person:{p.id}",
+                "name": p.name,
+                "organisation": f"organisation:{p.organisation_id}",
+                "emails": [a.email for a in p.addresses],
+            }
+            for p in session.scalars(select(Person).order_by(Person.id))
+        ]
+    if what == "users":
+        return [
+            {"id": u.id, "name": u.name, "email": u.email}
+            for u in session.scalars(select(CrmUser).order_by(CrmUser.id))
+        ]
+    return [
+        {
+            "ref": f"{r.kind}:{r.id}",
+            "title": r.title,
+            "organisation": f"organisation:{r.organisation_id}",
+            "person": f"person:{r.person_id}" if r.person_id else None,
+            "tracking_code": r.tracking_code,
+        }
+        for r in session.scalars(select(Record).order_by(Record.id))
+    ]
 
 
 def _print_added(as_json: bool, data: dict[str, Any], text: str) -> None:
