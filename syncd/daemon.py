@@ -25,6 +25,7 @@ from crmstore.models import Mailbox
 from syncd.backends import open_backend
 from syncd.backends.base import MailboxBackend
 from syncd.errors import ConfigError, SyncdError
+from syncd.logsetup import configure_logging
 from syncd.notify import notify, watchdog_interval
 from syncd.pipeline import Pipeline
 from syncd.settings import Settings, load_settings
@@ -175,6 +176,7 @@ class Daemon:
             self.retired.extend(backend for _, backend in self.backends.values())
             self.backends.clear()
         self.reconcile()
+        configure_logging(settings.log_level)
         log.info("settings reloaded")
 
     def _status_line(self) -> str:

@@ -23,7 +23,13 @@ from syncd.backends.base import Item
 from syncd.detect import find_codes
 from syncd.mail import Outcome, ParsedMail, UnmatchedReason
 from syncd.parse import is_unreadable, limit_notes, parse_item
-from syncd.record import Source, find_ledger_entry, record_filed, record_unfiled
+from syncd.record import (
+    Source,
+    feedback_outcome,
+    find_ledger_entry,
+    record_filed,
+    record_unfiled,
+)
 from syncd.resolve import resolve
 from syncd.settings import LimitSettings, Settings
 
@@ -84,7 +90,7 @@ class Pipeline:
                 log.debug("item %s in %s was already recorded", source.item_id, source.mailbox)
                 return ItemResult(
                     outcome=Outcome.DUPLICATE,
-                    recorded_outcome=Outcome(entry.outcome),
+                    recorded_outcome=feedback_outcome(Outcome(entry.outcome), entry.unmatched_id),
                     already_processed=True,
                     feedback_pending=entry.feedback_pending,
                     correspondence_id=entry.correspondence_id,
@@ -160,7 +166,7 @@ class Pipeline:
                     _label(resolution.mail), resolution.reason.value, source.mailbox,
                     source.item_id, entry.id,
                 )
-                return ItemResult(outcome, outcome, unmatched_id=entry.id)
+                return ItemResult(outcome, feedback_outcome(outcome, entry.id), unmatched_id=entry.id)
         except (IntegrityError, OperationalError):
             raise
         except Exception as exc:
@@ -204,7 +210,7 @@ class Pipeline:
             "%s: failed (%s) from %s item %s, kept as %d: %s",
             _label(mail), reason.value, source.mailbox, source.item_id, entry.id, detail,
         )
-        return ItemResult(outcome, outcome, unmatched_id=entry.id)
+        return ItemResult(outcome, feedback_outcome(outcome, entry.id), unmatched_id=entry.id)
 
 
 def _unmatched_detail(unknown_codes: list[str], mail: ParsedMail) -> str:

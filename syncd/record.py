@@ -54,6 +54,13 @@ def message_key(mail: ParsedMail) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def feedback_outcome(outcome: Outcome, unmatched_id: int | None) -> Outcome:
+    """Return the outcome to show on an item: a duplicate of a queued mail is not filed either."""
+    if outcome is Outcome.DUPLICATE and unmatched_id is not None:
+        return Outcome.UNMATCHED
+    return outcome
+
+
 def find_ledger_entry(session: Session, source: Source) -> ProcessedItem | None:
     return session.scalar(
         select(ProcessedItem).where(

@@ -17,7 +17,7 @@ from crmstore.models import Correspondence, ProcessedItem, UnmatchedMail
 from crmstore.refs import Ref
 from syncd.correlate import CandidateRecord, Link, Signal
 from syncd.mail import MatchedBy
-from syncd.parse import parse_item
+from syncd.parse import is_unreadable, parse_item
 from syncd.record import (
     attach_candidates,
     attach_links,
@@ -61,6 +61,11 @@ def assign(session: Session, unmatched_id: int, ref: Ref) -> Correspondence:
         )
 
     mail = parse_item(entry.raw_mime, entry.raw_format)
+    if is_unreadable(mail):
+        raise InvalidInputError(
+            f"unmatched mail {unmatched_id} could not be read ({entry.reason}): it has nothing to file; "
+            f"dismiss it with `syncd unmatched dismiss {unmatched_id}`"
+        )
     resolution = resolve(session, mail, [])
     links = [Link(ref.kind, ref.id, MatchedBy.MANUAL)]
     if ref.is_record:

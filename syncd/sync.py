@@ -30,16 +30,16 @@ from crmstore.models import Mailbox, MailboxFolder, ProcessedItem, utcnow
 from crmstore.refs import Ref
 from syncd import folders as stored
 from syncd.backends.base import Batch, FeedbackRequest, Folder, MailboxBackend
-from syncd.folders import ScannedFolder
 from syncd.errors import (
     BackendError,
     FolderNotFoundError,
     SyncStateInvalidError,
     TransientBackendError,
 )
+from syncd.folders import ScannedFolder
 from syncd.mail import Outcome
 from syncd.pipeline import ItemResult, Pipeline
-from syncd.record import Source, find_ledger_entry
+from syncd.record import Source, feedback_outcome, find_ledger_entry
 from syncd.settings import SyncSettings
 
 log = logging.getLogger("syncd.sync")
@@ -277,12 +277,17 @@ class MailboxSync:
     def _retry_pending_feedback(self, address: str, backend: MailboxBackend) -> None:
         with self.sessions() as session:
             rows = session.execute(
-                select(ProcessedItem.folder_key, ProcessedItem.item_id, ProcessedItem.outcome)
+                select(
+                    ProcessedItem.folder_key, ProcessedItem.item_id, ProcessedItem.outcome, ProcessedItem.unmatched_id
+                )
                 .where(ProcessedItem.mailbox == address, ProcessedItem.feedback_pending.is_(True))
                 .order_by(ProcessedItem.id)
                 .limit(MAX_PENDING_FEEDBACK)
             ).all()
-        requests = [FeedbackRequest(key, item_id, Outcome(outcome)) for key, item_id, outcome in rows]
+        requests = [
+            FeedbackRequest(key, item_id, feedback_outcome(Outcome(outcome), unmatched_id))
+            for key, item_id, outcome, unmatched_id in rows
+        ]
         if requests:
             log.info("mailbox %s: retrying feedback on %d items", address, len(requests))
             self._apply_feedback(address, backend, requests)

@@ -265,3 +265,17 @@ def test_load_rejects_unknown_list(run: Syncd, tmp_path: Path) -> None:
     content.write_text('{"organisasjoner": []}')
     result = run("crm", "load", str(content), code=1)
     assert "unknown list(s) organisasjoner" in result.stderr
+
+
+def test_assign_unreadable_mail_rejected(run: Syncd, fjord: dict[str, Any], tmp_path: Path) -> None:
+    broken = tmp_path / "ødelagt.msg"
+    broken.write_bytes(b"\xd0\xcf\x11\xe0 this is no Outlook file")
+    run("import", str(broken))
+    [waiting] = run.json("unmatched", "list")
+
+    result = run("unmatched", "assign", str(waiting["id"]), "offer:1", code=1)
+
+    assert result.stderr == (
+        f"Error: unmatched mail {waiting['id']} could not be read (parse_error): it has nothing to file; "
+        f"dismiss it with `syncd unmatched dismiss {waiting['id']}`\n"
+    )

@@ -260,3 +260,16 @@ def test_mailboxes_of_one_account_share_pool(server: FakeEwsServer, run: Syncd, 
     assert first._account.protocol.max_connections == settings.ews.max_connections_per_account
     first.close()
     second.close()
+
+
+def test_copy_of_queued_mail_tagged_not_filed(server: FakeEwsServer, run: Syncd) -> None:
+    run.enroll(server, INGRID)
+    mail = (SAMPLES / "mail" / "07-unknown-sender-no-code.eml").read_bytes()
+    server.drop(INGRID, SYNC_FOLDER, mail)
+    server.drop(INGRID, SYNC_FOLDER, mail)
+
+    counts = run.json("sync", "--once")
+
+    assert (counts["unmatched"], counts["duplicates"]) == (1, 1)
+    categories = [item.categories for item in server.items(INGRID, SYNC_FOLDER)]
+    assert categories == [["Ikke arkivert i CRM"], ["Ikke arkivert i CRM"]]

@@ -86,7 +86,7 @@ def enroll(
         if session.scalar(select(Mailbox).where(Mailbox.address == address)) is not None:
             raise InvalidInputError(f"mailbox {address!r} is already enrolled: see `syncd mailbox list`")
         session.add(Mailbox(address=address, backend=backend, role=role, config=config))
-    where = config.get("path") or config.get("endpoint")
+    where = config.get("path") or config.get("endpoint") or f"tenant {config.get('tenant_id')}"
     click.echo(f"enrolled {address} ({backend}, {role}) at {where}")
 
 
