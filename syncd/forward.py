@@ -24,12 +24,15 @@ when the subject starts with a forward prefix such as "Fwd:" or "VS:".
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from email.utils import parsedate_to_datetime
 
 from syncd.mail import Address, ParsedMail
+from syncd.parse import MAX_ADDRESSES, mailbox_address
 
 #: Subject prefixes that forwarding clients add: English, German (WG), French
 #: (TR), Spanish (RV), Dutch (Doorst), Norwegian and Danish (VS, Videresend),
@@ -409,12 +412,15 @@ def _original_from_block(block: _HeaderBlock, lines: list[_Line], assume_tz: tzi
 
 
 def _strip_quotes(raw: str, depth: int) -> str:
-    for _ in range(depth):
-        match = re.match(r"[ \t]*>[ \t]?", raw)
-        if match is None:
-            break
-        raw = raw[match.end() :]
-    return raw
+    # One match of a counted repeat, rather than a match and a slice per
+    # marker, keeps a line quoted thousands of levels deep linear.
+    match = _quote_markers(depth).match(raw)
+    return raw[match.end() :] if match else raw
+
+
+@functools.lru_cache(maxsize=16)
+def _quote_markers(depth: int) -> re.Pattern[str]:
+    return re.compile(rf"(?:[ \t]*>[ \t]?){{0,{depth}}}")
 
 
 def parse_addresses(value: str) -> list[Address]:
@@ -422,9 +428,11 @@ def parse_addresses(value: str) -> list[Address]:
 
     The display name of each address is the text between it and the
     previous address, so names may contain commas, as Outlook writes them.
+    At most MAX_ADDRESSES are read, and strings too long to be an address
+    are skipped, as the parse stage does for headers.
     """
     result: list[Address] = []
-    tokens = list(_ADDRESS_TOKEN.finditer(value))
+    tokens = list(itertools.islice(_ADDRESS_TOKEN.finditer(value), MAX_ADDRESSES))
     name_start = 0
     index = 0
     while index < len(tokens):
@@ -447,7 +455,9 @@ def parse_addresses(value: str) -> list[Address]:
         display = name.strip().strip(",;").strip().strip("\"'").strip()
         if display.lower() == email.lower():
             display = ""
-        result.append(Address(email=email.lower(), name=display))
+        address = mailbox_address(email, display)
+        if address is not None:
+            result.append(address)
         name_start = token.end()
         index += 1
     return result

@@ -48,6 +48,11 @@ _STRAY_LESS_THAN = re.compile(r"<(?![A-Za-z/!?])")
 _COMMENT_CLOSE = re.compile(r"--\s*>")
 _OUTLOOK_MARKED_SECTION = re.compile(r"<!\[(?:if\b[^<>\]]*|else|endif)\]\s*>", re.IGNORECASE)
 
+# A decimal character reference with more digits than Python's int() reads
+# by default (4,300 on Python 3.11) makes html.unescape raise ValueError.
+# Shorter runs are left to the parser.
+_LONG_DECIMAL_REFERENCE = re.compile(r"&#([0-9]{33,})(;?)")
+
 # Outlook and many newsletter tools put markup for Outlook only inside
 # "downlevel-hidden" conditional comments: <!--[if mso]> ... <![endif]-->.
 _CONDITIONAL_COMMENT = re.compile(r"^\[if[^\]]*\]>(?P<body>.*?)(?:(?:<|&lt;)!\[endif\])?$", re.DOTALL | re.IGNORECASE)
@@ -68,9 +73,21 @@ def html_to_text(html: str, *, max_chars: int = 5_000_000) -> str:
     grows linearly with the input.
     """
     converter = _TextCollector()
-    converter.feed(_escape_unclosed_tags(html[:max_chars]))
+    converter.feed(_prepare(html[:max_chars]))
     converter.close()
     return converter.text()
+
+
+def _prepare(html: str) -> str:
+    """Rewrite the input that would make html.parser raise or take quadratic time."""
+    return _escape_unclosed_tags(_LONG_DECIMAL_REFERENCE.sub(_shorten_reference, html))
+
+
+def _shorten_reference(match: re.Match[str]) -> str:
+    # Leading zeros do not change the character. Any other reference this
+    # long names no Unicode character, which a browser shows as U+FFFD.
+    digits, semicolon = match.group(1).lstrip("0"), match.group(2)
+    return f"&#{digits or '0'}{semicolon}" if len(digits) <= 8 else "\ufffd"
 
 
 def _escape_unclosed_tags(html: str) -> str:
@@ -187,7 +204,7 @@ class _TextCollector(HTMLParser):
         if match is None or match["body"].strip() == "<!":
             return
         inner = _TextCollector()
-        inner.feed(match["body"])
+        inner.feed(_prepare(match["body"]))
         inner.close()
         inner_text = inner.text()
         if inner_text:

@@ -41,9 +41,13 @@ def import_paths(
 
     for path in _expand(paths, problems):
         try:
+            found = 0
             for item in _items(path):
                 source = Source(mailbox_name, item.folder.key, item.folder.name, item.item_id)
                 counts.add(pipeline.process(item, source).outcome)
+                found += 1
+            if found == 0 and path.stat().st_size > 0:
+                problems.append(ImportProblem(path, "no message found: an mbox file starts each message with a 'From ' line"))
         except (OSError, mailbox.Error, UnicodeError) as exc:
             # Items of the file recorded before the error stay recorded;
             # importing the file again after a fix skips them.

@@ -20,10 +20,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
-from email.header import decode_header, make_header
-from email.headerregistry import AddressHeader, BaseHeader
+from email.header import Header, decode_header, make_header
+from email.headerregistry import AddressHeader
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser, HeaderParser
+from email.policy import Compat32
 from email.utils import getaddresses
 from types import TracebackType
 from typing import TypeVar, cast
@@ -41,6 +42,44 @@ log = logging.getLogger("syncd.parse")
 DEFAULT_MAX_DEPTH = 8
 DEFAULT_MAX_HTML_CHARS = 5_000_000
 
+#: Header values longer than this many characters are cut before the email
+#: package parses them, because its header parsers take quadratic time in
+#: the length of a value. RFC 5322 limits a line to 998 characters, and
+#: folded headers of real mail stay far below this.
+MAX_HEADER_CHARS = 16_384
+
+#: Maximum number of MIME parts (and Outlook attachments) read from one mail,
+#: nested messages included. Each part costs a header parse and often an
+#: HTML conversion, so a crafted mail with tens of thousands of tiny parts
+#: would otherwise take tens of seconds. The parts after the limit are skipped, and
+#: a defect note gives their count.
+MAX_PARTS = 1000
+
+#: Maximum number of addresses read from the From, To or Cc headers of one
+#: message. The rest are skipped with a defect note. It also bounds the store lookups
+#: that the resolve stage makes for one mail.
+MAX_ADDRESSES = 1000
+
+#: An address (display name, comments and addr-spec) longer than this many
+#: characters is skipped, because the email package's address parser takes
+#: quadratic time on long ones.
+MAX_ADDRESS_CHARS = 1000
+
+#: Maximum length of an addr-spec that is kept. RFC 5321 section 4.5.3.1
+#: allows a 64-character local part and a 255-character domain.
+MAX_ADDR_SPEC_CHARS = 320
+
+#: Display names are cut to this many characters. Real ones are far
+#: shorter, and the store keeps a sender's name in 255 characters.
+MAX_DISPLAY_NAME_CHARS = 255
+
+#: Maximum length of a Message-ID that is kept: the line limit of RFC 5322 section 2.1.1.
+MAX_MESSAGE_ID_CHARS = 998
+
+#: References kept from one References header: the first, which names the
+#: start of the thread, and the most recent ones.
+MAX_REFERENCES = 100
+
 MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
 OUTLOOK_TYPES = frozenset({"application/vnd.ms-outlook", "application/x-msg"})
 TNEF_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})
@@ -48,19 +87,55 @@ TNEF_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})
 _T = TypeVar("_T")
 
 _BRACKETED_ID = re.compile(r"<([^<>]*)>")
+# RFC 2047 encoded words, which may contain a ":" or "," in broken mail,
+# and the characters that open, close or separate the pieces of an address list.
+_ADDRESS_LIST_SPECIAL = re.compile(r'=\?[^?\s"\\()]*\?[bBqQ]\?[^?\s"\\()]*\?=|[\\",;:()<>]')
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _LINE_BREAK = re.compile(r"\r\n?|\n")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+# The endings of the defect notes that _add_nested, _html_text, _fill_bodies,
+# _add_outlook_attachments, _addresses and _bounded write when a limit stops them.
+_LIMIT_NOTE = re.compile(
+    r"not parsed: max_depth is \d+$|max_html_chars is \d+$|parts of one mail are read$"
+    r"|addresses, the rest not read$|characters cut at \d+$"
+)
 _META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
+
+class _StructurePolicy(Compat32):
+    """The email package's compat32 policy, with long header values cut when a Message method reads them.
+
+    The MIME structure is parsed with compat32 because policy.default parses
+    every header that the parser or a Message method reads through its
+    header registry. On a mail with thousands of parts that takes ten times
+    as long as the parse itself. The headers that syncd uses are read raw
+    and decoded with policy.default's header factory by the functions below.
+    Message methods that read parameters (boundary, charset, filename) use
+    string slicing that takes quadratic time on long values, so they see at
+    most MAX_HEADER_CHARS characters. They also see the value unfolded, as
+    policy.default shows it, because compat32 would keep the line break of
+    a boundary folded onto the next line.
+    """
+
+    # Compat32 returns a Header for a value with raw 8-bit bytes, which
+    # typeshed's Policy does not allow for, so its own stub ignores this too.
+    def header_fetch_parse(self, name: str, value: str) -> str | Header:  # type: ignore[override]
+        return super().header_fetch_parse(name, "".join(value[:MAX_HEADER_CHARS].splitlines()))
+
+
+_STRUCTURE_POLICY = _StructurePolicy()
 
 # Outlook stores the transport headers of a received mail with this line
 # in front, which is not a header.
 _OUTLOOK_HEADER_PREFIX = "Microsoft Mail Internet Headers Version 2.0"
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Limits:
+    """The limits of one parse call; `parts_left` counts down over the whole mail."""
+
     max_depth: int
     max_html_chars: int
+    parts_left: int = MAX_PARTS
 
 
 def parse_item(raw: bytes, format: str, **limits: int) -> ParsedMail:
@@ -96,6 +171,21 @@ def parse_msg(
     return _parse_outlook(raw, _Limits(max_depth, max_html_chars), depth=0)
 
 
+def limit_notes(mail: ParsedMail) -> list[str]:
+    """Return the defect notes of `mail` and its nested messages that report a limit that left part unread.
+
+    A tracking code in the unread part is not found, so the pipeline shows
+    these notes with a mail that ends unmatched.
+    """
+    notes: dict[str, None] = {}
+    pending = [mail]
+    while pending:
+        current = pending.pop()
+        notes.update(dict.fromkeys(note for note in current.defects if _LIMIT_NOTE.search(note)))
+        pending.extend(current.nested)
+    return list(notes)
+
+
 def is_unreadable(mail: ParsedMail) -> bool:
     """Return whether parsing got nothing out of its input, so that `mail` has only defects.
 
@@ -118,12 +208,14 @@ def _parse_rfc5322(raw: bytes, limits: _Limits, depth: int) -> ParsedMail:
         # this is a bug here, and the fields read so far are still worth having.
         log.exception("Parsing a message failed, keeping what was read; Message-ID %s", mail.message_id)
         mail.defects.append(f"parse stopped early: {_describe(exc)}")
+    if is_unreadable(mail) and not mail.defects:
+        mail.defects.append(f"no header or text found in {len(raw)} bytes")
     return mail
 
 
 def _fill_from_rfc5322(mail: ParsedMail, raw: bytes, limits: _Limits, depth: int) -> None:
     try:
-        message = BytesParser(policy=policy.default).parsebytes(raw)
+        message = BytesParser(policy=_STRUCTURE_POLICY).parsebytes(raw)
     except Exception as exc:
         # The email package records most problems as defects, but some
         # input still escapes it, e.g. RecursionError on MIME parts nested
@@ -156,23 +248,27 @@ def _fill_from_unparsed(mail: ParsedMail, raw: bytes) -> None:
         return
 
     _fill_headers(mail, message)
-    body = message.get_payload()
-    if isinstance(body, str):
-        mail.text = _clean_body(_decode_bytes(body.encode("utf-8", "surrogateescape"), None))
+    # Message.get_payload turns undeclared 8-bit bytes into U+FFFD, so the
+    # body is cut from the raw bytes after the first empty line.
+    header_end = _HEADER_END.search(raw)
+    body = raw[header_end.end() :] if header_end else raw
+    mail.text = _clean_body(_decode_bytes(body, None))
 
 
 # --- headers ------------------------------------------------------------
 
 
 def _fill_headers(mail: ParsedMail, message: Message) -> None:
-    mail.message_id = _read_field(mail, "Message-ID header", lambda: _message_id(message, "message-id"), None)
-    mail.subject = _read_field(mail, "Subject header", lambda: _subject(message), "")
+    mail.message_id = _read_field(mail, "Message-ID header", lambda: _message_id(mail, message, "message-id"), None)
+    mail.subject = _read_field(mail, "Subject header", lambda: _subject(mail, message), "")
     mail.sender = _read_field(mail, "From header", lambda: _sender(mail, message), None)
     mail.to = _read_field(mail, "To header", lambda: _addresses(mail, message, "to"), [])
     mail.cc = _read_field(mail, "Cc header", lambda: _addresses(mail, message, "cc"), [])
     mail.date = _read_field(mail, "Date header", lambda: _date(mail, message), None)
-    mail.in_reply_to = _read_field(mail, "In-Reply-To header", lambda: _message_id(message, "in-reply-to"), None)
-    mail.references = _read_field(mail, "References header", lambda: _references(message), [])
+    mail.in_reply_to = _read_field(
+        mail, "In-Reply-To header", lambda: _message_id(mail, message, "in-reply-to"), None
+    )
+    mail.references = _read_field(mail, "References header", lambda: _references(mail, message), [])
     mail.thread_index = _read_field(mail, "Thread-Index header", lambda: _thread_index(message), None)
 
 
@@ -193,25 +289,25 @@ def _raw_headers(message: Message, name: str) -> list[str]:
     return [_LINE_BREAK.sub("", value) for key, value in message.raw_items() if key.lower() == wanted]
 
 
-def _parsed_headers(message: Message, name: str) -> list[BaseHeader]:
-    """Parse every header called `name`, reading raw 8-bit bytes as UTF-8 or Latin-1.
+def _bounded(mail: ParsedMail, name: str, value: str) -> str:
+    """Return `value` cut at MAX_HEADER_CHARS, with a defect note when it was longer."""
+    if len(value) <= MAX_HEADER_CHARS:
+        return value
+    mail.defects.append(f"{name} header of {len(value)} characters cut at {MAX_HEADER_CHARS}")
+    return value[:MAX_HEADER_CHARS]
 
-    The email package turns undeclared 8-bit bytes into U+FFFD, which would
-    lose the æøå of a client that sends raw UTF-8 or Latin-1 headers.
-    """
-    return [policy.default.header_factory(name, _repair_8bit(value)) for value in _raw_headers(message, name)]
 
-
-def _subject(message: Message) -> str:
+def _subject(mail: ParsedMail, message: Message) -> str:
     values = _raw_headers(message, "subject")
     if not values:
         return ""
+    value = _bounded(mail, "Subject", values[0])
     try:
-        return _clean(str(policy.default.header_factory("subject", _repair_8bit(values[0]))))
+        return _clean(str(policy.default.header_factory("subject", _repair_8bit(value))))
     except Exception:
         # The header parser raises IndexError and the like on some malformed
         # encoded words, which email.header still decodes in part.
-        return _decode_words_best_effort(values[0])
+        return _decode_words_best_effort(value)
 
 
 def _decode_words_best_effort(raw: str) -> str:
@@ -241,35 +337,123 @@ def _sender(mail: ParsedMail, message: Message) -> Address | None:
 
 
 def _addresses(mail: ParsedMail, message: Message, name: str) -> list[Address]:
-    try:
-        headers = cast(list[AddressHeader], _parsed_headers(message, name))
-        parsed = [(item.display_name, item.addr_spec, item.domain) for header in headers for item in header.addresses]
-    except Exception as exc:
-        mail.defects.append(f"{name.title()} header parsed loosely: {_describe(exc)}")
-        parsed = _addresses_loosely(message, name)
+    """Read the addresses of every header called `name`, reading raw 8-bit bytes as UTF-8 or Latin-1.
+
+    Each address is parsed on its own, so that one broken address costs
+    only itself and the parse time grows linearly with the header. The
+    email package turns undeclared 8-bit bytes into U+FFFD, which would
+    lose the æøå of a client that sends raw UTF-8 or Latin-1 headers.
+    """
+    title = name.title()
+    pieces: list[str] = []
+    for value in _raw_headers(message, name):
+        room = MAX_ADDRESSES - len(pieces)
+        found, complete = _split_address_list(_repair_8bit(value), room)
+        pieces.extend(found)
+        if not complete:
+            mail.defects.append(f"{title} header: more than {MAX_ADDRESSES} addresses, the rest not read")
+            break
 
     result = []
-    for display_name, addr_spec, domain in parsed:
-        if not domain or "@" not in addr_spec:
-            mail.defects.append(f"{name.title()} header: invalid address {addr_spec or display_name!r} skipped")
+    for piece in pieces:
+        if len(piece) > MAX_ADDRESS_CHARS:
+            mail.defects.append(f"{title} header: address of {len(piece)} characters skipped")
             continue
-        result.append(Address(email=_clean(addr_spec).strip().lower(), name=_clean(display_name).strip()))
+        for display_name, addr_spec, domain in _parse_address(mail, name, piece):
+            address = mailbox_address(_clean(addr_spec), _clean(display_name)) if domain else None
+            if address is None:
+                mail.defects.append(f"{title} header: invalid address {_shorten(addr_spec or display_name)!r} skipped")
+                continue
+            result.append(address)
     return result
 
 
-def _addresses_loosely(message: Message, name: str) -> list[tuple[str, str, str]]:
-    values = [_decode_words_best_effort(value) for value in _raw_headers(message, name)]
-    return [(display, spec, spec.rpartition("@")[2]) for display, spec in getaddresses(values)]
+def mailbox_address(email: str, name: str = "") -> Address | None:
+    """Return the Address of `email` and display name `name`, or None when `email` is no address.
+
+    `email` is lower-cased, and must contain "@" and be no longer than
+    MAX_ADDR_SPEC_CHARS. A display name longer than MAX_DISPLAY_NAME_CHARS is cut.
+    """
+    email = email.strip().lower()
+    if "@" not in email or len(email) > MAX_ADDR_SPEC_CHARS:
+        return None
+    return Address(email=email, name=name.strip()[:MAX_DISPLAY_NAME_CHARS])
+
+
+def _split_address_list(value: str, limit: int) -> tuple[list[str], bool]:
+    """Split an address-list header value into its addresses, at most `limit` of them.
+
+    Commas inside quoted strings, comments (which nest) and angle brackets
+    do not separate addresses. The group syntax of RFC 5322 section 3.4
+    ("Team: a@example.no, b@example.no;") is dropped, so that each member
+    is an address of its own. Returns the addresses and whether the value
+    ended within the limit.
+    """
+    pieces: list[str] = []
+    start = 0
+    escaped_until = -1
+    in_quote = in_angle = False
+    comment_depth = 0
+
+    for match in _ADDRESS_LIST_SPECIAL.finditer(value):
+        index, char = match.start(), match.group()
+        if index < escaped_until or len(char) > 1:
+            continue
+        if char == "\\":
+            escaped_until = index + 2
+        elif in_quote:
+            in_quote = char != '"'
+        elif comment_depth:
+            if char == "(":
+                comment_depth += 1
+            elif char == ")":
+                comment_depth -= 1
+        elif char == '"':
+            in_quote = True
+        elif char == "(":
+            comment_depth = 1
+        elif in_angle:
+            in_angle = char != ">"
+        elif char == "<":
+            in_angle = True
+        elif char == ":":
+            # The text before is the name of a group, not an address.
+            start = index + 1
+        elif char in ",;":
+            piece = value[start:index].strip()
+            start = index + 1
+            if piece:
+                if len(pieces) == limit:
+                    return pieces, False
+                pieces.append(piece)
+
+    piece = value[start:].strip()
+    if piece:
+        if len(pieces) == limit:
+            return pieces, False
+        pieces.append(piece)
+    return pieces, True
+
+
+def _parse_address(mail: ParsedMail, name: str, piece: str) -> list[tuple[str, str, str]]:
+    """Return (display name, addr-spec, domain) of the address in `piece`, parsed loosely if need be."""
+    try:
+        header = cast(AddressHeader, policy.default.header_factory(name, piece))
+        return [(item.display_name, item.addr_spec, item.domain) for item in header.addresses]
+    except Exception as exc:
+        mail.defects.append(f"{name.title()} header parsed loosely: {_describe(exc)}")
+    decoded = _decode_words_best_effort(piece)
+    return [(display, spec, spec.rpartition("@")[2]) for display, spec in getaddresses([decoded])]
 
 
 def _date(mail: ParsedMail, message: Message) -> datetime | None:
     values = _raw_headers(message, "date")
     if not values:
         return None
-    header = policy.default.header_factory("date", _repair_8bit(values[0]))
+    header = policy.default.header_factory("date", _repair_8bit(_bounded(mail, "Date", values[0])))
     value = header.datetime
     if value is None:
-        mail.defects.append(f"Date header invalid: {values[0].strip()!r}")
+        mail.defects.append(f"Date header invalid: {_shorten(values[0].strip())!r}")
         return None
     return _as_utc(value)
 
@@ -282,11 +466,22 @@ def _as_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-def _message_id(message: Message, name: str) -> str | None:
+def _message_id(mail: ParsedMail, message: Message, name: str) -> str | None:
     values = _raw_headers(message, name)
     if not values:
         return None
-    return _normalise_id(values[0])
+    return _fit_id(mail, _HEADER_TITLES[name] + " header", _normalise_id(values[0]))
+
+
+_HEADER_TITLES = {"message-id": "Message-ID", "in-reply-to": "In-Reply-To"}
+
+
+def _fit_id(mail: ParsedMail, what: str, identifier: str | None) -> str | None:
+    """Return `identifier`, or None with a defect note when it is longer than a real one can be."""
+    if identifier is not None and len(identifier) > MAX_MESSAGE_ID_CHARS:
+        mail.defects.append(f"{what} of {len(identifier)} characters ignored")
+        return None
+    return identifier
 
 
 def _normalise_id(raw: str) -> str | None:
@@ -298,10 +493,22 @@ def _normalise_id(raw: str) -> str | None:
     return value or None
 
 
-def _references(message: Message) -> list[str]:
-    text = _clean(" ".join(_raw_headers(message, "references")))
+def _references(mail: ParsedMail, message: Message) -> list[str]:
+    return _reference_ids(mail, _clean(" ".join(_raw_headers(message, "references"))))
+
+
+def _reference_ids(mail: ParsedMail, text: str) -> list[str]:
+    """Return the ids of a References value, at most MAX_REFERENCES of them."""
     ids = _BRACKETED_ID.findall(text) or text.split()
-    return [identifier for identifier in ("".join(item.split()) for item in ids) if identifier]
+    references = [
+        identifier
+        for identifier in ("".join(item.split()) for item in ids)
+        if identifier and len(identifier) <= MAX_MESSAGE_ID_CHARS
+    ]
+    if len(references) > MAX_REFERENCES:
+        mail.defects.append(f"References header: {len(references) - MAX_REFERENCES} of {len(references)} ids dropped")
+        references = references[:1] + references[1 - MAX_REFERENCES :]
+    return references
 
 
 def _thread_index(message: Message) -> str | None:
@@ -319,7 +526,12 @@ def _fill_bodies(mail: ParsedMail, message: Message, limits: _Limits, depth: int
     html_texts: list[str] = []
     # A dict keeps the first-seen order and drops repeats.
     structure_defects: dict[str, None] = {}
+    skipped = 0
     for part, is_container in _walk_parts(message):
+        if limits.parts_left <= 0:
+            skipped += 1
+            continue
+        limits.parts_left -= 1
         for defect in part.defects:
             structure_defects[f"{_content_type(part)} part: {type(defect).__name__}"] = None
         if is_container:
@@ -331,6 +543,8 @@ def _fill_bodies(mail: ParsedMail, message: Message, limits: _Limits, depth: int
             mail.defects.append(f"{_content_type(part)} part unreadable: {_describe(exc)}")
 
     mail.defects.extend(structure_defects)
+    if skipped:
+        mail.defects.append(_parts_skipped(skipped))
     mail.text = "\n\n".join(text.strip("\n") for text in texts if text.strip())
     mail.html_text = "\n\n".join(text.strip("\n") for text in html_texts if text.strip())
 
@@ -380,7 +594,7 @@ def _read_part(
     elif content_type == "text/plain":
         texts.append(_part_text(part))
     elif content_type == "text/html":
-        html_texts.append(html_to_text(_part_html(part), max_chars=limits.max_html_chars))
+        html_texts.append(_html_text(mail, _part_html(part), limits))
     elif maintype == "multipart":
         # A multipart part without a usable boundary arrives as one string,
         # which still contains whatever the sender wrote.
@@ -388,11 +602,25 @@ def _read_part(
         texts.append(_part_text(part))
 
 
+def _parts_skipped(count: int, what: str = "MIME parts") -> str:
+    return f"{count} {what} not read: at most {MAX_PARTS} parts of one mail are read"
+
+
 def _add_nested(mail: ParsedMail, limits: _Limits, depth: int, parse: Callable[[], ParsedMail]) -> None:
     if depth + 1 > limits.max_depth:
         mail.defects.append(f"nested message at depth {depth + 1} not parsed: max_depth is {limits.max_depth}")
         return
     mail.nested.append(parse())
+
+
+def _html_text(mail: ParsedMail, html: str, limits: _Limits) -> str:
+    """Return the text of one HTML body, noting a defect when it is longer than max_html_chars."""
+    if len(html) > limits.max_html_chars:
+        mail.defects.append(
+            f"HTML body of {len(html)} characters read up to {limits.max_html_chars}: "
+            f"max_html_chars is {limits.max_html_chars}"
+        )
+    return html_to_text(html, max_chars=limits.max_html_chars)
 
 
 def _carried_message(part: Message, limits: _Limits, depth: int) -> ParsedMail:
@@ -514,6 +742,10 @@ def _parse_outlook(raw: bytes, limits: _Limits, depth: int) -> ParsedMail:
             mail.defects.append(f"parse stopped early: {_describe(exc)}")
         finally:
             outlook.close()
+    if is_unreadable(mail) and not mail.defects:
+        # extract-msg skips what it cannot read, so a truncated file opens
+        # and yields nothing.
+        mail.defects.append(f"Outlook .msg file of {len(raw)} bytes holds no readable message: truncated or corrupt")
     return mail
 
 
@@ -557,7 +789,7 @@ def _fill_from_outlook(mail: ParsedMail, outlook: MSGFile, limits: _Limits, dept
     text, html = _read_field(mail, "message body", lambda: _outlook_bodies(outlook), no_bodies)
     mail.text = _clean_body(text or "").strip("\n")
     if html:
-        mail.html_text = html_to_text(_clean_body(html), max_chars=limits.max_html_chars)
+        mail.html_text = _html_text(mail, _clean_body(html), limits)
     _read_field(mail, "attachment list", lambda: _add_outlook_attachments(mail, outlook, limits, depth), None)
 
 
@@ -583,12 +815,14 @@ def _fill_from_properties(mail: ParsedMail, outlook: MSGFile) -> None:
     if mail.date is None:
         mail.date = _read_field(mail, "date property", lambda: _outlook_date(outlook), None)
     if mail.message_id is None:
-        mail.message_id = _read_field(mail, "Message-ID property", lambda: _id_property(outlook, "1035"), None)
+        mail.message_id = _read_field(mail, "Message-ID property", lambda: _id_property(mail, outlook, "1035"), None)
     if mail.in_reply_to is None:
-        mail.in_reply_to = _read_field(mail, "In-Reply-To property", lambda: _id_property(outlook, "1042"), None)
+        mail.in_reply_to = _read_field(
+            mail, "In-Reply-To property", lambda: _id_property(mail, outlook, "1042"), None
+        )
     if not mail.references:
         mail.references = _read_field(
-            mail, "References property", lambda: _BRACKETED_ID.findall(_string_property(outlook, "1039")), []
+            mail, "References property", lambda: _reference_ids(mail, _string_property(outlook, "1039")), []
         )
     if mail.thread_index is None:
         mail.thread_index = _read_field(mail, "conversation index", lambda: _conversation_index(outlook), None)
@@ -599,8 +833,8 @@ def _string_property(outlook: MSGFile, property_id: str) -> str:
     return _clean(outlook.getStringStream(f"__substg1.0_{property_id}") or "")
 
 
-def _id_property(outlook: MSGFile, property_id: str) -> str | None:
-    return _normalise_id(_string_property(outlook, property_id))
+def _id_property(mail: ParsedMail, outlook: MSGFile, property_id: str) -> str | None:
+    return _fit_id(mail, f"property {property_id}", _normalise_id(_string_property(outlook, property_id)))
 
 
 def _outlook_sender(outlook: MSGFile) -> Address | None:
@@ -609,9 +843,9 @@ def _outlook_sender(outlook: MSGFile) -> Address | None:
     # senders. The "sent representing" pair names the mailbox a delegate sent for.
     name = _string_property(outlook, "0C1A") or _string_property(outlook, "0042")
     for property_id in ("5D01", "0C1F", "5D02", "0065"):
-        candidate = _string_property(outlook, property_id).strip()
-        if "@" in candidate:
-            return Address(email=candidate.lower(), name=name.strip())
+        address = mailbox_address(_string_property(outlook, property_id), name)
+        if address is not None:
+            return address
     return None
 
 
@@ -620,9 +854,9 @@ def _outlook_recipients(outlook: MSGFile, kind: RecipientType) -> list[Address]:
     for recipient in getattr(outlook, "recipients", None) or []:
         if recipient.type != kind:
             continue
-        address = _clean(recipient.email or "").strip()
-        if "@" in address:
-            result.append(Address(email=address.lower(), name=_clean(recipient.name or "").strip()))
+        address = mailbox_address(_clean(recipient.email or ""), _clean(recipient.name or ""))
+        if address is not None:
+            result.append(address)
     return result
 
 
@@ -662,7 +896,12 @@ def _outlook_bodies(outlook: MSGFile) -> tuple[str | None, str | None]:
 
 
 def _add_outlook_attachments(mail: ParsedMail, outlook: MSGFile, limits: _Limits, depth: int) -> None:
-    for attachment in getattr(outlook, "attachments", None) or []:
+    attachments = getattr(outlook, "attachments", None) or []
+    for index, attachment in enumerate(attachments):
+        if limits.parts_left <= 0:
+            mail.defects.append(_parts_skipped(len(attachments) - index, "attachments"))
+            return
+        limits.parts_left -= 1
         try:
             _read_outlook_attachment(mail, attachment, limits, depth)
         except Exception as exc:
@@ -989,11 +1228,19 @@ def _decode_bytes(data: bytes, charset: str | None) -> str:
 
 def _try_decode(data: bytes, charset: str, errors: str) -> str | None:
     try:
+        if codecs.lookup(charset).name in _NOT_MAIL_CODECS:
+            return None
         return data.decode(charset, errors)
     except (LookupError, ValueError, TypeError):
         # LookupError: unknown charset, or a bytes-to-bytes codec such as
         # "base64". ValueError covers UnicodeDecodeError and odd names.
         return None
+
+
+# Python codecs that no mail charset names, so a mail that declares one is
+# treated as declaring none. punycode decodes in quadratic time, and the
+# escape codecs turn the text "\\ud800" into a lone surrogate.
+_NOT_MAIL_CODECS = frozenset({"punycode", "idna", "unicode-escape", "raw-unicode-escape"})
 
 
 def _html_meta_charset(data: bytes) -> str | None:
@@ -1027,3 +1274,8 @@ def _clean_body(text: str) -> str:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _shorten(text: str, length: int = 100) -> str:
+    """Return `text`, cut to about `length` characters for a defect note."""
+    return text if len(text) <= length else text[:length] + "…"

@@ -29,7 +29,12 @@ from __future__ import annotations
 import re
 
 from syncd.detect import find_codes_in_text
-from syncd.forward import ATTRIBUTION_MAX_CHARS, ATTRIBUTION_VERBS, FIELD_NAMES, MARKER_PHRASES
+from syncd.forward import (
+    ATTRIBUTION_MAX_CHARS,
+    ATTRIBUTION_VERBS,
+    FIELD_NAMES,
+    MARKER_PHRASES,
+)
 from syncd.mail import Location, ParsedMail
 
 #: Lines after a From line within which a header block must have its date line.

@@ -56,9 +56,11 @@ class SyncSettings(BaseModel, extra="forbid"):
 class LimitSettings(BaseModel, extra="forbid"):
     #: A mail larger than this many bytes is kept as failed with reason too_large.
     max_message_bytes: int = Field(50 * 1024 * 1024, gt=0)
-    #: Messages nested deeper than this (forwards of forwards) are not parsed further.
+    #: Messages nested deeper than this (forwards of forwards) are not parsed
+    #: further. A mail that ends unmatched names the limit in its detail.
     max_nesting_depth: int = Field(8, gt=0, le=64)
-    #: Characters of one HTML body that are read; the rest is ignored.
+    #: Characters of one HTML body that are read; the rest is ignored, and a
+    #: mail that ends unmatched names the limit in its detail.
     max_html_chars: int = Field(5_000_000, gt=0)
 
 

@@ -32,6 +32,7 @@ EMPTY_BODIES = {
         "the HTML holds only an image, and the attached mail is cut off after its headers"
     ),
     "ruby-mail/must_supply_encoding.eml": "headers only",
+    "ruby-mail/raw_email_with_binary_encoded.eml": "the only part under multipart/alternative is an image/jpeg",
     "stalwart-mail-parser/rfc-001.eml": "only message/external-body parts",
     "stalwart-mail-parser/thirdparty-011.eml": "text/plain is empty and the HTML holds only an image",
     "zbateson-mail-mime-parser/m3003.eml": "the text/plain part is empty; the rest is an image",

@@ -8,7 +8,16 @@ import click
 from sqlalchemy.exc import OperationalError
 
 from crmstore.errors import StoreError
-from syncd.cli import correspondence, crm, database, mailbox, person, status, sync, unmatched
+from syncd.cli import (
+    correspondence,
+    crm,
+    database,
+    mailbox,
+    person,
+    status,
+    sync,
+    unmatched,
+)
 from syncd.cli.context import App
 from syncd.errors import SyncdError
 from syncd.logsetup import configure_logging
