@@ -47,7 +47,9 @@ def import_paths(
                 counts.add(pipeline.process(item, source).outcome)
                 found += 1
             if found == 0 and path.stat().st_size > 0:
-                problems.append(ImportProblem(path, "no message found: an mbox file starts each message with a 'From ' line"))
+                # mailbox.mbox finds no message in a file without "From " lines.
+                reason = "no message found: an mbox file starts each message with a 'From ' line"
+                problems.append(ImportProblem(path, reason))
         except (OSError, mailbox.Error, UnicodeError) as exc:
             # Items of the file recorded before the error stay recorded;
             # importing the file again after a fix skips them.

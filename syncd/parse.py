@@ -51,8 +51,8 @@ MAX_HEADER_CHARS = 16_384
 #: Maximum number of MIME parts (and Outlook attachments) read from one mail,
 #: nested messages included. Each part costs a header parse and often an
 #: HTML conversion, so a crafted mail with tens of thousands of tiny parts
-#: would otherwise take tens of seconds. The parts after the limit are skipped, and
-#: a defect note gives their count.
+#: would otherwise take tens of seconds. The parts after the limit are
+#: skipped, and a defect note gives their count.
 MAX_PARTS = 1000
 
 #: Maximum number of addresses read from the From, To or Cc headers of one

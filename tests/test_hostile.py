@@ -1,9 +1,9 @@
 """Hostile and broken mail through the whole pipeline: each ends filed, unmatched or failed with a reason.
 
-Real-world mail from the shared corpus, mails that hypothesis builds from
-broken MIME (bad boundaries, charsets and transfer encodings, endless
-nesting, huge headers, NUL bytes), and pathological strings aimed at the
-parse and detect stages go through Pipeline.process against a real store.
+Three kinds of input go through Pipeline.process against a real store:
+real-world mail from the shared corpus, broken MIME that hypothesis builds
+(bad boundaries, charsets and transfer encodings, endless nesting, huge
+headers, NUL bytes), and pathological strings aimed at parse and detect.
 No test asserts a duration. Instead, the inputs are large enough that a step
 taking quadratic time would run for minutes, and an alarm per test turns
 such a hang into a failure that names the input.
@@ -51,8 +51,8 @@ CODE = "nXmrgOguRZt63tpjM5sSpA=="
 KARI = "kari.nordmann@fjordmarine.example"
 INGRID = "ingrid.berg@salg.example"
 
-#: Seconds after which a test counts as hung. Every input here goes through
-#: in well under a second; a step with quadratic time takes minutes.
+#: Seconds after which a test counts as hung. Every input here takes a few
+#: seconds at most, and a step with quadratic time takes minutes.
 HANG_SECONDS = 60
 
 FOLDER = Folder(key="hostile", name="Hostile")
@@ -64,7 +64,7 @@ _item_numbers = itertools.count(1)
 
 
 class Hang(BaseException):
-    """Raised by the alarm; a BaseException, so the pipeline's broad handler cannot keep it as a failed mail."""
+    """Raised by the alarm. It is a BaseException, so the pipeline's broad handler cannot keep it as a failed mail."""
 
 
 @contextmanager
@@ -96,7 +96,7 @@ def add_fjord(sessions: sessionmaker[Session]) -> None:
 def sqlite_sessions(
     sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[sessionmaker[Session]]:
-    """One SQLite store for a module's hypothesis examples; each example uses new item ids."""
+    """One SQLite store for the module's hypothesis examples, which use new item ids each."""
     path = tmp_path_factory.mktemp("hostile") / "syncd.db"
     shutil.copy(sqlite_template, path)
     engine = db.create_store_engine(f"sqlite:///{path}")
@@ -141,14 +141,14 @@ def kept(sessions: sessionmaker[Session], source: Source) -> Kept:
         correspondence = session.get(Correspondence, entry.correspondence_id) if entry.correspondence_id else None
         unmatched = session.get(UnmatchedMail, entry.unmatched_id) if entry.unmatched_id else None
         if unmatched is not None:
-            # raw_mime is deferred; load it while the session is open.
+            # raw_mime is deferred, so it is loaded while the session is open.
             _ = unmatched.raw_mime
         session.expunge_all()
         return Kept(entry.outcome, correspondence, unmatched)
 
 
 def problems_with(sessions: sessionmaker[Session], source: Source, result: ItemResult) -> list[str]:
-    """Return what is wrong with how the store kept one item; empty when it ended as it must."""
+    """Return what is wrong with how the store kept one item, or an empty list when it ended as it must."""
     found = kept(sessions, source)
     if found.outcome != result.outcome.value:
         return [f"ledger says {found.outcome!r}, the pipeline returned {result.outcome.value!r}"]
@@ -557,9 +557,12 @@ PLACES: dict[str, Callable[[str], bytes]] = {
     ),
     "HTML": lambda text: html_mail(text),
     "attached message": lambda text: headers(
-        "Content-Type: message/rfc822", body=headers("Subject: Inne", body=text + BODY).decode("utf-8", "surrogateescape")
+        "Content-Type: message/rfc822",
+        body=headers("Subject: Inne", body=text + BODY).decode("utf-8", "surrogateescape"),
     ),
-    "forward": lambda text: headers(f"From: Ingrid Berg <{INGRID}>", "Subject: VS: Tilbud", body=FRAGMENTS[8] + text + BODY),
+    "forward": lambda text: headers(
+        f"From: Ingrid Berg <{INGRID}>", "Subject: VS: Tilbud", body=FRAGMENTS[8] + text + BODY
+    ),
 }
 
 #: Strings that are repeated to about 300,000 characters.
@@ -570,7 +573,11 @@ PATHOLOGICAL = [
 ]  # fmt: skip
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(pattern=st.sampled_from(PATHOLOGICAL), place=st.sampled_from(list(PLACES)))
 def test_pathological_string_kept(sqlite_sessions: sessionmaker[Session], pattern: str, place: str) -> None:
     pipeline = Pipeline(sqlite_sessions, LimitSettings())
@@ -694,7 +701,8 @@ def test_code_beyond_max_parts_unmatched(sqlite_sessions: sessionmaker[Session])
 
 
 def test_outlook_attachments_beyond_max_parts_noted() -> None:
-    outlook = make_outlook_msg(OutlookMail(files=[(b"vedlegg", f"vedlegg-{index}.txt") for index in range(MAX_PARTS + 3)]))
+    files = [(b"vedlegg", f"vedlegg-{index}.txt") for index in range(MAX_PARTS + 3)]
+    outlook = make_outlook_msg(OutlookMail(files=files))
 
     with hang_guard("Outlook attachments"):
         mail = parse_item(outlook, "msg")
@@ -713,7 +721,8 @@ def import_files(store_url: str, *paths: Path) -> tuple[int, dict[str, int], str
 
 
 def mbox_of(*mails: bytes) -> bytes:
-    return b"".join(b"From kari@fjordmarine.example Thu Dec  3 10:00:00 2026\n" + mail.replace(b"\r\n", b"\n") + b"\n" for mail in mails)
+    separator = b"From kari@fjordmarine.example Thu Dec  3 10:00:00 2026\n"
+    return b"".join(separator + mail.replace(b"\r\n", b"\n") + b"\n" for mail in mails)
 
 
 @pytest.fixture
