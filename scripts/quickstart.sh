@@ -30,4 +30,4 @@ echo
 echo "== Unmatched queue"
 syncd unmatched list
 echo
-echo "The CRM database is $demo/syncd.db; the filed mail files moved to $demo/drop/processed/."
+echo "The CRM database is $demo/syncd.db. Every recorded mail file, filed or not, moved to $demo/drop/processed/."
