@@ -73,7 +73,9 @@ def test_thread_candidate_after_parent_filed(run: Syncd, tmp_path: Path) -> None
 
     [waiting] = run.json("unmatched", "list")
 
-    assert waiting["candidates"] == [{"ref": "offer:4", "reason": "thread", "score": 1.0}]
+    assert waiting["candidates"] == [
+        {"ref": "offer:4", "title": "Quote: winter maintenance", "reason": "thread", "score": 1.0}
+    ]
 
 
 def test_subject_and_address_candidates(run: Syncd, tmp_path: Path) -> None:
@@ -82,8 +84,8 @@ def test_subject_and_address_candidates(run: Syncd, tmp_path: Path) -> None:
     [waiting] = run.json("unmatched", "list")
 
     assert waiting["candidates"] == [
-        {"ref": "offer:1", "reason": "subject", "score": 1.0},
-        {"ref": "activity:2", "reason": "address", "score": 0.3},
+        {"ref": "offer:1", "title": "Tilbud – skrog og rigg", "reason": "subject", "score": 1.0},
+        {"ref": "activity:2", "title": "Oppfølging etter service", "reason": "address", "score": 0.3},
     ]
 
 
@@ -122,7 +124,10 @@ def test_list_prints_candidates_line(run: Syncd, tmp_path: Path) -> None:
 
     lines = result.stdout.splitlines()
     assert lines[0].startswith("    1  no_code  per.as@fjordmarine.example  Sv: Tilbud – skrog og rigg")
-    assert lines[1] == "       candidates: offer:1 (subject 1.00), activity:2 (address 0.30)"
+    assert lines[1] == (
+        "       candidates: offer:1 'Tilbud – skrog og rigg' (subject 1.00), "
+        "activity:2 'Oppfølging etter service' (address 0.30)"
+    )
 
 
 def test_assign_teaches_nothing(run: Syncd, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from crmstore import crm as store
 from crmstore.models import UnmatchedMail
 from crmstore.refs import parse_ref
 from syncd import review
@@ -44,9 +45,12 @@ def list_unmatched(app: App, show_all: bool, as_json: bool) -> None:
         click.echo("no unmatched mail")
     for row in rows:
         detail = f": {row['detail']}" if row["detail"] else ""
-        click.echo(f"{row['id']:>5}  {row['reason']}{detail}  {row['from'] or '-'}  {row['subject']}")
+        state = f"  [{row['state']}]" if show_all else ""
+        click.echo(f"{row['id']:>5}  {row['reason']}{detail}  {row['from'] or '-'}  {row['subject']}{state}")
         if row["candidates"]:
-            found = ", ".join(f"{c['ref']} ({c['reason']} {c['score']:.2f})" for c in row["candidates"])
+            found = ", ".join(
+                f"{c['ref']} {c['title']!r} ({c['reason']} {c['score']:.2f})" for c in row["candidates"]
+            )
             click.echo(f"       candidates: {found}")
 
 
@@ -63,7 +67,10 @@ def _as_json(session: Session, entry: UnmatchedMail) -> dict[str, Any]:
         "outcome": entry.outcome,
         "detail": entry.detail,
         "state": entry.state,
-        "candidates": [{"ref": str(s.ref), "reason": s.reason, "score": s.score} for s in suggestions],
+        "candidates": [
+            {"ref": str(s.ref), "title": store.entity_name(session, s.ref), "reason": s.reason, "score": s.score}
+            for s in suggestions
+        ],
     }
 
 
