@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from cli_runner import SyncdCli
+from click.testing import CliRunner
 
 from crmstore import db
 from syncd.cli.main import cli
@@ -17,18 +18,9 @@ from syncd.cli.main import cli
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
 
-class Syncd:
+class Syncd(SyncdCli):
     def __init__(self, store_url: str) -> None:
-        self.runner = CliRunner()
-        self.env = {"SYNCD_DATABASE_URL": store_url, "SYNCD_CONFIG": ""}
-
-    def __call__(self, *args: str, code: int = 0) -> Result:
-        result = self.runner.invoke(cli, list(args), env=self.env, catch_exceptions=False)
-        assert result.exit_code == code, result.output
-        return result
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self(*args, "--json").stdout)
+        super().__init__({"SYNCD_DATABASE_URL": store_url, "SYNCD_CONFIG": ""})
 
 
 @pytest.fixture

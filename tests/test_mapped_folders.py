@@ -6,7 +6,6 @@ backend talk to the fake servers on 127.0.0.1.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 import exchangelib
 import pytest
-from click.testing import CliRunner, Result
+from cli_runner import SyncdCli
 from factories import make_mail
 from fakes.ews_server import FakeEwsServer
 from fakes.graph_server import FakeGraphServer
@@ -22,7 +21,6 @@ from fakes.token_server import FakeTokenServer
 
 import syncd.backends
 from syncd.backends.dropdir import FOLDER_MARKER
-from syncd.cli.main import cli
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
@@ -34,22 +32,13 @@ CLIENT = "0e9b7d4c-1a2f-4c3e-8b5d-6f7a9c0e1d2b"
 CLIENT_SECRET = "klient-hemmelighet-æøå-42"
 
 
-class Syncd:
+class Syncd(SyncdCli):
     """Runs `syncd` commands against one store, as an admin would."""
 
     def __init__(self, store_url: str, tmp_path: Path, extra_settings: str = "", **secrets: str) -> None:
         config = tmp_path / "settings.toml"
         config.write_text("[sync]\nmax_attempts = 2\nmax_backoff_seconds = 1\n[ews]\ntimeout_seconds = 5\n" + extra_settings)
-        self.env = {"SYNCD_DATABASE_URL": store_url, "SYNCD_CONFIG": str(config), **secrets}
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str, code: int = 0) -> Result:
-        result = self.runner.invoke(cli, list(args), env=self.env, catch_exceptions=False)
-        assert result.exit_code == code, result.output
-        return result
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self(*args, "--json").stdout)
+        super().__init__({"SYNCD_DATABASE_URL": store_url, "SYNCD_CONFIG": str(config), **secrets})
 
     def filed(self, subject: str) -> dict[str, Any]:
         [found] = [c for c in self.json("correspondence", "list") if c["subject"] == subject]

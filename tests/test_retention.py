@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from cli_runner import SyncdCli
 from factories import OSLO, OutlookMail, make_mail, make_outlook_msg
 from sqlalchemy import MetaData, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from crmstore.models import Correspondence, CorrespondenceLink, PersonAddress, ProcessedItem, UnmatchedMail
-from syncd.cli.main import cli
+from crmstore.models import (
+    Correspondence,
+    CorrespondenceLink,
+    PersonAddress,
+    ProcessedItem,
+    UnmatchedMail,
+)
 from syncd.scrub import PLACEHOLDER
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -28,18 +31,9 @@ KARI_OFFER = "87gnV/VSKQga80stcfDvpw=="
 JOHN_OFFER = "QTBP8dPtwA2mdL4LKXOtOg=="
 
 
-class Syncd:
+class Syncd(SyncdCli):
     def __init__(self, store_url: str) -> None:
-        self.runner = CliRunner()
-        self.env = {"SYNCD_DATABASE_URL": store_url, "SYNCD_CONFIG": ""}
-
-    def __call__(self, *args: str, code: int = 0) -> Result:
-        result = self.runner.invoke(cli, list(args), env=self.env, catch_exceptions=False)
-        assert result.exit_code == code, result.output
-        return result
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self(*args, "--json").stdout)
+        super().__init__({"SYNCD_DATABASE_URL": store_url, "SYNCD_CONFIG": ""})
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any
 
 import exchangelib
 import pytest
-from click.testing import CliRunner, Result
+from cli_runner import SyncdCli
 from fakes.ews_server import FakeEwsServer, Fault
 from sqlalchemy import select
 
@@ -22,7 +22,6 @@ import syncd.backends
 from crmstore import db
 from crmstore.models import Mailbox
 from syncd.backends import open_backend
-from syncd.cli.main import cli
 from syncd.settings import load_settings
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -35,27 +34,18 @@ SERVICE_PASSWORD = "Sv4rt-hemmelig-æøå"
 SYNC_FOLDER = "CRM-arkiv"
 
 
-class Syncd:
+class Syncd(SyncdCli):
     def __init__(self, store_url: str, tmp_path: Path) -> None:
         config = tmp_path / "settings.toml"
         config.write_text(
             "[sync]\nmax_attempts = 4\nmax_backoff_seconds = 3\nbatch_size = 4\n"
             "[ews]\ntimeout_seconds = 1\n"
         )
-        self.env = {
+        super().__init__({
             "SYNCD_DATABASE_URL": store_url,
             "SYNCD_CONFIG": str(config),
             "SYNCD_SECRET_EWS_PASSWORD": SERVICE_PASSWORD,
-        }
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str, code: int = 0) -> Result:
-        result = self.runner.invoke(cli, list(args), env=self.env, catch_exceptions=False)
-        assert result.exit_code == code, result.output
-        return result
-
-    def json(self, *args: str, code: int = 0) -> Any:
-        return json.loads(self(*args, "--json", code=code).stdout)
+        })
 
     def enroll(self, server: FakeEwsServer, address: str, *extra: str) -> None:
         self(

@@ -13,14 +13,13 @@ from typing import Any
 
 import exchangelib
 import pytest
-from click.testing import CliRunner, Result
+from cli_runner import SyncdCli
 from fakes.ews_server import FakeEwsServer
 from fakes.graph_server import FakeGraphServer
 from fakes.graph_server import Fault as GraphFault
 from fakes.token_server import FakeTokenServer
 
 import syncd.backends
-from syncd.cli.main import cli
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 EXPECTED: dict[str, dict[str, Any]] = json.loads((SAMPLES / "expected.json").read_text(encoding="utf-8"))
@@ -49,7 +48,7 @@ def graph(token_server: FakeTokenServer) -> Iterator[FakeGraphServer]:
         yield server
 
 
-class Syncd:
+class Syncd(SyncdCli):
     def __init__(self, store_url: str, tmp_path: Path, graph: FakeGraphServer, token_server: FakeTokenServer) -> None:
         config = tmp_path / "settings.toml"
         config.write_text(
@@ -58,21 +57,12 @@ class Syncd:
             f'[entra]\nauthority_host = "{token_server.authority_host}"\n'
             "[ews]\ntimeout_seconds = 1\n"
         )
-        self.env = {
+        super().__init__({
             "SYNCD_DATABASE_URL": store_url,
             "SYNCD_CONFIG": str(config),
             "SYNCD_SECRET_ENTRA_CLIENT_SECRET": CLIENT_SECRET,
             "SYNCD_SECRET_EWS_PASSWORD": "Sv4rt-hemmelig",
-        }
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str, code: int = 0) -> Result:
-        result = self.runner.invoke(cli, list(args), env=self.env, catch_exceptions=False)
-        assert result.exit_code == code, result.output
-        return result
-
-    def json(self, *args: str, code: int = 0) -> Any:
-        return json.loads(self(*args, "--json", code=code).stdout)
+        })
 
 
 @pytest.fixture
