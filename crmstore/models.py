@@ -258,6 +258,9 @@ class Mailbox(Base):
     last_sync_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     last_success_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    #: The syncd node that syncs this mailbox, until `lease_expires_at`.
+    lease_node: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
     folders: Mapped[list[MailboxFolder]] = relationship(
         back_populates="mailbox", cascade="all, delete-orphan", order_by="MailboxFolder.id"
@@ -349,3 +352,19 @@ class ProcessedItem(Base):
     processed_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
     correspondence: Mapped[Correspondence | None] = relationship(back_populates="sources")
+
+
+class SyncNode(Base):
+    """A running syncd daemon; `seen_at` is its last heartbeat.
+
+    Nodes that share one database split the mailboxes between them by
+    leases on the mailbox rows.
+    """
+
+    __tablename__ = "sync_nodes"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

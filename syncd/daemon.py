@@ -5,14 +5,20 @@ never two passes of one mailbox at once. A reconcile job picks up
 enrolments, removals and disabled mailboxes without a restart. SIGTERM and
 SIGINT let the pass in hand finish its current item, then the daemon exits
 0; SIGHUP reloads the settings.
+
+Every node schedules every mailbox, and a job syncs only while its node
+holds the mailbox's lease (see `syncd.lease`). A job that finds the lease
+held elsewhere comes back when that lease runs out, so a dead node's
+mailboxes move within the lease time.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
@@ -22,14 +28,16 @@ from sqlalchemy import select
 
 from crmstore import db
 from crmstore.models import Mailbox
+from syncd import metrics
 from syncd.backends import open_backend
 from syncd.backends.base import MailboxBackend
 from syncd.errors import ConfigError, SyncdError
+from syncd.lease import Leases
 from syncd.logsetup import configure_logging
 from syncd.notify import notify, watchdog_interval
 from syncd.pipeline import Pipeline
 from syncd.settings import Settings, load_settings
-from syncd.sync import MailboxSync
+from syncd.sync import DATABASE_ERRORS, MailboxSync, describe_database_error
 
 log = logging.getLogger("syncd.daemon")
 
@@ -47,6 +55,11 @@ class Daemon:
             url = db.masked_url(settings.resolved_database_url())
             raise ConfigError(f"the database {url} is not initialised or is outdated: run `syncd db upgrade`")
         self.sessions = db.session_factory(self.engine)
+        self.leases = Leases(
+            self.sessions, settings.sync.lease_seconds, single_node=self.engine.dialect.name == "sqlite"
+        )
+        #: Mailboxes in a pass on this node; their leases are not handed back mid-pass.
+        self.busy: set[str] = set()
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self.backends: dict[str, tuple[tuple[Any, ...], MailboxBackend]] = {}
         self.retired: list[MailboxBackend] = []
@@ -60,7 +73,11 @@ class Daemon:
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit status."""
+        endpoint = metrics.serve(self.settings.metrics)
         self._install_signal_handlers()
+        self.leases.join()
+        heartbeat_thread = threading.Thread(target=self._renew_leases, name="lease heartbeat", daemon=True)
+        heartbeat_thread.start()
         self.scheduler.start()
         self.reconcile()
         self.scheduler.add_job(
@@ -68,8 +85,8 @@ class Daemon:
             name="pick up enrolment changes", max_instances=1, coalesce=True,
         )
         log.info(
-            "syncd started: database %s, %d mailboxes scheduled",
-            db.masked_url(self.settings.resolved_database_url()), len(self._mailbox_jobs()),
+            "syncd started as node %s: database %s, %d mailboxes scheduled",
+            self.leases.node_id, db.masked_url(self.settings.resolved_database_url()), len(self._mailbox_jobs()),
         )
         notify("READY=1", f"STATUS={self._status_line()}")
 
@@ -85,6 +102,10 @@ class Daemon:
         log.info("syncd stopping: finishing the item in hand")
         notify("STOPPING=1", "STATUS=stopping")
         self.scheduler.shutdown(wait=True)
+        if endpoint is not None:
+            endpoint.close()
+        heartbeat_thread.join()
+        self._leave()
         for backend in [*(backend for _, backend in self.backends.values()), *self.retired]:
             backend.close()
         self.engine.dispose()
@@ -100,6 +121,7 @@ class Daemon:
             self._schedule(address)
         for address in sorted(scheduled - set(enabled)):
             self.scheduler.remove_job(JOB_PREFIX + address)
+            metrics.forget_mailbox(address)
             log.info("mailbox %s: no longer enrolled or enabled; job removed", address)
 
     def _schedule(self, address: str) -> None:
@@ -124,15 +146,69 @@ class Daemon:
         if self.stop.is_set():
             return
         try:
-            backend = self._backend(address)
-            if backend is not None:
-                self.syncer.sync(address, backend)
+            claim = self.leases.acquire(address)
+            metrics.lease_held(address, claim.held)
+            if not claim.held:
+                if claim.owner is not None and claim.expires_at is not None:
+                    self._come_back_at(address, claim.expires_at)
+                return
+            with self.lock:
+                self.busy.add(address)
+            try:
+                backend = self._backend(address)
+                if backend is not None:
+                    self.syncer.sync(address, backend, fence=self.leases.renew)
+            finally:
+                with self.lock:
+                    self.busy.discard(address)
         except SyncdError as exc:
             # Already logged and stored on the mailbox by the sync; the
             # other mailboxes go on and this one is tried at its next run.
             log.debug("mailbox %s: pass ended with %s", address, exc)
+        except DATABASE_ERRORS as exc:
+            # The lease or the enrolment could not be read: an outage, not a bug.
+            log.error(
+                "mailbox %s: database unavailable (%s); will retry at the next run",
+                address, describe_database_error(exc),
+            )
         except Exception:
             log.exception("mailbox %s: pass failed unexpectedly", address)
+
+    def _come_back_at(self, address: str, expires_at: datetime) -> None:
+        """Move the mailbox's next run to just after another node's lease runs out."""
+        job = self.scheduler.get_job(JOB_PREFIX + address)
+        # A little jitter, so that the surviving nodes do not all race at once.
+        when = expires_at + timedelta(seconds=random.uniform(0.1, 1.0))
+        if job is not None and job.next_run_time is not None and when < job.next_run_time:
+            job.modify(next_run_time=when)
+
+    def _renew_leases(self) -> None:
+        """Renew this node's leases every third of the lease time, on a thread of its own.
+
+        A thread of its own, not a scheduler job, keeps the leases alive
+        while every worker is busy with a long pass.
+        """
+        period = self.settings.sync.lease_seconds / 3
+        while not self.stop.wait(period):
+            try:
+                with self.lock:
+                    busy = set(self.busy)
+                self.leases.heartbeat(busy)
+                for address in self._mailbox_jobs():
+                    metrics.lease_held(address, address in self.leases.held)
+            except Exception as exc:
+                # A database outage: the passes fail too, and the leases run
+                # out unless the database is back before then.
+                log.error("node %s: could not renew leases: %s: %s", self.leases.node_id, type(exc).__name__, exc)
+
+    def _leave(self) -> None:
+        try:
+            self.leases.leave()
+        except Exception as exc:
+            log.error(
+                "node %s: could not hand back leases; they run out in %d s: %s: %s",
+                self.leases.node_id, self.settings.sync.lease_seconds, type(exc).__name__, exc,
+            )
 
     def _backend(self, address: str) -> MailboxBackend | None:
         """Return the mailbox's backend, rebuilt only when its enrolment changed.
@@ -176,7 +252,7 @@ class Daemon:
             self.retired.extend(backend for _, backend in self.backends.values())
             self.backends.clear()
         self.reconcile()
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         log.info("settings reloaded")
 
     def _status_line(self) -> str:

@@ -2,6 +2,7 @@
 
     SyncdError
     ├── ConfigError            a setting or option has an invalid value
+    ├── DatabaseUnavailableError  the store went away mid-pass: retried at the next run
     └── BackendError           a mailbox backend failed
         ├── TransientBackendError   throttling, time-outs, resets: retried
         ├── SyncStateInvalidError   the stored cursor is rejected: the folder restarts
@@ -24,6 +25,14 @@ class SyncdError(Exception):
 
 class ConfigError(SyncdError):
     """A setting, environment variable or option has an invalid value."""
+
+
+class DatabaseUnavailableError(SyncdError):
+    """The database could not be reached or dropped the connection during a pass.
+
+    The pass ends where it is; the cursor has not moved past anything
+    unrecorded, so the next pass picks up from there.
+    """
 
 
 class BackendError(SyncdError):

@@ -9,6 +9,7 @@ files that systemd's LoadCredential provides.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -51,6 +52,10 @@ class SyncSettings(BaseModel, extra="forbid"):
     #: so that enrolments, removals and disabled mailboxes take effect
     #: without a restart.
     enrolment_check_seconds: int = Field(30, gt=0)
+    #: Seconds a node's lease on a mailbox lasts without renewal. A node
+    #: renews its leases every third of this; when a node dies, the others
+    #: take its mailboxes once its leases run out.
+    lease_seconds: int = Field(60, ge=3)
 
 
 class LimitSettings(BaseModel, extra="forbid"):
@@ -112,6 +117,38 @@ class TlsSettings(BaseModel, extra="forbid"):
         return str(path)
 
 
+class MetricsSettings(BaseModel, extra="forbid"):
+    """The Prometheus /metrics endpoint of the daemon; `syncd sync --once` never serves it."""
+
+    #: Whether `syncd run` serves /metrics over HTTP.
+    enabled: bool = False
+    #: IP address the endpoint listens on. The metrics carry mailbox
+    #: addresses, so syncd logs a warning at start when this is not a
+    #: loopback address.
+    address: str = "127.0.0.1"
+    #: TCP port of the endpoint. Prometheus's list of exporter ports gives
+    #: 9810 to rtrtr, an RPKI tool that is unlikely to run beside syncd.
+    port: int = 9810
+
+    @field_validator("address")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError as exc:
+            raise ValueError(
+                "not an IP address: use 127.0.0.1, or the IP address of the interface to serve the metrics on"
+            ) from exc
+        return value
+
+    @field_validator("port")
+    @classmethod
+    def _tcp_port(cls, value: int) -> int:
+        if not 1 <= value <= 65535:
+            raise ValueError("TCP port out of range: use a free port from 1 to 65535, such as 9810")
+        return value
+
+
 class NameSettings(BaseModel, extra="forbid"):
     """Folder and category names users see in Outlook; empty means the preset's name."""
 
@@ -151,6 +188,9 @@ class Settings(BaseSettings):
     data_dir: str = ""
     #: Level of syncd's own log lines: DEBUG, INFO, WARNING or ERROR.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: Format of the log lines on stderr: "text", or "json" for one JSON
+    #: object per line, for journald and log shippers.
+    log_format: Literal["text", "json"] = "text"
     #: Language preset for folder and category names: "nb" or "en".
     language: Literal["nb", "en"] = "nb"
     #: IANA time zone of the users. Outlook and Gmail print a forwarded
@@ -164,6 +204,7 @@ class Settings(BaseSettings):
     entra: EntraSettings = Field(default_factory=EntraSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     names: NameSettings = Field(default_factory=NameSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import TypeVar
 
 from sqlalchemy import Select, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import (
     RetryCallState,
@@ -29,14 +30,17 @@ from tenacity.wait import wait_random_exponential
 from crmstore.models import Mailbox, MailboxFolder, ProcessedItem, utcnow
 from crmstore.refs import Ref
 from syncd import folders as stored
+from syncd import metrics
 from syncd.backends.base import Batch, FeedbackRequest, Folder, MailboxBackend
 from syncd.errors import (
     BackendError,
+    DatabaseUnavailableError,
     FolderNotFoundError,
     SyncStateInvalidError,
     TransientBackendError,
 )
 from syncd.folders import ScannedFolder
+from syncd.lease import LeaseLostError
 from syncd.mail import Outcome
 from syncd.pipeline import ItemResult, Pipeline
 from syncd.record import Source, feedback_outcome, find_ledger_entry
@@ -46,8 +50,20 @@ log = logging.getLogger("syncd.sync")
 
 T = TypeVar("T")
 
+#: Called with the mailbox address before each batch and cursor update;
+#: raises LeaseLostError when this node may no longer sync the mailbox.
+Fence = Callable[[str], None]
+
+
+def _unfenced(_address: str) -> None:
+    return None
+
 #: Feedback retried from earlier passes per pass; the rest waits for the next one.
 MAX_PENDING_FEEDBACK = 500
+
+#: Errors of the database connection itself (server down, connection cut,
+#: SQLite file locked), as opposed to errors in what syncd asked of it.
+DATABASE_ERRORS = (OperationalError, InterfaceError)
 
 
 @dataclass
@@ -98,15 +114,22 @@ class MailboxSync:
         self.settings = settings
         self.stop = stop or threading.Event()
 
-    def sync(self, address: str, backend: MailboxBackend) -> Counts:
-        """Run one pass over the mailbox `address`; record its state, then re-raise any error."""
+    def sync(self, address: str, backend: MailboxBackend, fence: Fence = _unfenced) -> Counts:
+        """Run one pass over the mailbox `address`; record its state, then re-raise any error.
+
+        `fence` is checked before each batch and cursor update, so a node that
+        lost its lease on the mailbox stops before it writes more.
+        """
         started = time.monotonic()
         counts = Counts()
-        with self.sessions() as session:
-            mailbox = session.scalar(select(Mailbox).where(Mailbox.address == address))
-            if mailbox is None:
-                raise ValueError(f"mailbox {address!r} is not enrolled")
-            inbound = mailbox.role == "inbound"
+        try:
+            with self.sessions() as session:
+                mailbox = session.scalar(select(Mailbox).where(Mailbox.address == address))
+                if mailbox is None:
+                    raise ValueError(f"mailbox {address!r} is not enrolled")
+                inbound = mailbox.role == "inbound"
+        except DATABASE_ERRORS as exc:
+            raise self._database_unavailable(address, exc, counts) from exc
 
         try:
             roots = self._stored_folders(address, backend.kind) or self._ensure_folders(address, backend)
@@ -115,30 +138,58 @@ class MailboxSync:
             self._retry_pending_feedback(address, backend)
             for target in scanned:
                 try:
-                    self._sync_folder_restarting(address, backend, target, inbound, counts)
+                    self._sync_folder_restarting(address, backend, target, inbound, counts, fence)
                 except FolderNotFoundError as exc:
                     # The user deleted or renamed the folder: find or create
                     # it again and sync it from the start.
                     log.warning("mailbox %s: %s; looking for folder %r again", address, exc, target.folder.name)
                     found = self._find_again(address, backend, target)
                     if found is not None:
-                        self._sync_folder_restarting(address, backend, found, inbound, counts)
+                        self._sync_folder_restarting(address, backend, found, inbound, counts, fence)
         except Stopped:
             log.info("mailbox %s: pass stopped for shutdown after %d items", address, counts.seen)
             self._set_status(address, error=None, finished=False)
             return counts
+        except LeaseLostError as exc:
+            # The node that took the mailbox goes on from the stored cursor.
+            log.warning("%s; pass ends after %d items", exc, counts.seen)
+            return counts
         except BackendError as exc:
             log.error("mailbox %s: pass failed after %d items: %s", address, counts.seen, exc)
             self._set_status(address, error=str(exc), finished=False)
+            metrics.pass_finished(address, time.monotonic() - started, ok=False)
             raise
+        except DATABASE_ERRORS as exc:
+            metrics.pass_finished(address, time.monotonic() - started, ok=False)
+            raise self._database_unavailable(address, exc, counts) from exc
 
         self._set_status(address, error=None, finished=True)
+        metrics.pass_finished(address, time.monotonic() - started, ok=True)
         log.info(
             "mailbox %s: pass done in %.1f s: seen %d, filed %d, unmatched %d, failed %d, duplicates %d",
             address, time.monotonic() - started, counts.seen, counts.filed,
             counts.unmatched, counts.failed, counts.duplicates,
         )
         return counts
+
+    def _database_unavailable(self, address: str, exc: Exception, counts: Counts) -> DatabaseUnavailableError:
+        """Log a database outage as the expected fault it is, and return the error that ends the pass.
+
+        The item in hand was rolled back and the cursor was stored only for
+        whole batches, so the next pass goes on where this one stopped.
+        """
+        detail = describe_database_error(exc)
+        log.error(
+            "mailbox %s: database unavailable (%s); pass ended after %d items, will retry at the next run",
+            address, detail, counts.seen,
+        )
+        message = f"database unavailable ({detail}); the pass will be retried at the next run"
+        try:
+            self._set_status(address, error=message, finished=False)
+        except DATABASE_ERRORS:
+            # Still down: the status is written by the next pass that reaches it.
+            pass
+        return DatabaseUnavailableError(message)
 
     def _ensure_folders(self, address: str, backend: MailboxBackend) -> list[Folder]:
         folders = self._retrying(address, lambda: [report.folder for report in backend.ensure_folders()])
@@ -192,11 +243,17 @@ class MailboxSync:
         return folder
 
     def _sync_folder_restarting(
-        self, address: str, backend: MailboxBackend, target: ScannedFolder, inbound: bool, counts: Counts
+        self,
+        address: str,
+        backend: MailboxBackend,
+        target: ScannedFolder,
+        inbound: bool,
+        counts: Counts,
+        fence: Fence,
     ) -> None:
         folder = target.folder
         try:
-            self._retrying(address, lambda: self._sync_folder(address, backend, target, inbound, counts))
+            self._retrying(address, lambda: self._sync_folder(address, backend, target, inbound, counts, fence))
         except SyncStateInvalidError as exc:
             # The server forgot our cursor. Starting the folder from scratch
             # replays items already recorded, which the ledger skips.
@@ -204,11 +261,18 @@ class MailboxSync:
                 "mailbox %s folder %s: sync state rejected (%s); syncing the folder from scratch",
                 address, folder.name, exc,
             )
+            fence(address)
             self._save_state(address, folder, None)
-            self._retrying(address, lambda: self._sync_folder(address, backend, target, inbound, counts))
+            self._retrying(address, lambda: self._sync_folder(address, backend, target, inbound, counts, fence))
 
     def _sync_folder(
-        self, address: str, backend: MailboxBackend, target: ScannedFolder, inbound: bool, counts: Counts
+        self,
+        address: str,
+        backend: MailboxBackend,
+        target: ScannedFolder,
+        inbound: bool,
+        counts: Counts,
+        fence: Fence,
     ) -> None:
         folder = target.folder
         state = self._load_state(address, backend.kind, folder)
@@ -218,8 +282,10 @@ class MailboxSync:
                 return find_ledger_entry(session, Source(address, folder.key, folder.name, item_id)) is not None
 
         for batch in backend.batches(folder, state, known):
+            fence(address)
             self._record_batch(address, backend, batch, inbound, target.mapped_to, counts)
             if batch.state is not None:
+                fence(address)
                 self._save_state(address, folder, batch.state)
 
     def _record_batch(
@@ -240,6 +306,7 @@ class MailboxSync:
             source = Source(address, batch.folder.key, batch.folder.name, item.item_id)
             result: ItemResult = self.pipeline.process(item, source, inbound=inbound, mapped_to=mapped_to)
             counts.add(result.outcome)
+            metrics.item_recorded(address, result.outcome)
             if result.feedback_pending:
                 feedback.append(FeedbackRequest(batch.folder.key, item.item_id, result.recorded_outcome))
 
@@ -306,6 +373,7 @@ class MailboxSync:
             return min(max(hinted, exponential(state)), self.settings.max_backoff_seconds)
 
         def before_sleep(state: RetryCallState) -> None:
+            metrics.backend_retry(address)
             error = state.outcome.exception() if state.outcome else None
             log.warning(
                 "mailbox %s: %s; try %d of %d in %.1f s",
@@ -362,6 +430,13 @@ class MailboxSync:
             elif finished:
                 mailbox.state = "ok"
                 mailbox.last_error = None
+
+
+def describe_database_error(exc: Exception) -> str:
+    """Return the driver's first line of `exc`, e.g. "OperationalError: connection failed: ..."."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines()
+    return f"{type(original).__name__}: {lines[0]}" if lines else type(original).__name__
 
 
 def _folder_row(address: str, folder: Folder) -> Select[MailboxFolder]:

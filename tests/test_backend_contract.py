@@ -30,6 +30,7 @@ from syncd.backends.base import MailboxBackend
 from syncd.backends.dropdir import DropDirectoryBackend
 from syncd.backends.ews import EwsBackend, make_credentials
 from syncd.backends.graph import GraphBackend
+from syncd.errors import DatabaseUnavailableError
 from syncd.pipeline import Pipeline
 from syncd.settings import LimitSettings, SyncSettings
 from syncd.sync import MailboxSync
@@ -235,7 +236,7 @@ def test_cursor_stored_only_after_commit(
         return real_process(*args, **kwargs)
 
     monkeypatch.setattr(syncer.pipeline, "process", crash_on_third)
-    with pytest.raises(OperationalError):
+    with pytest.raises(DatabaseUnavailableError):
         syncer.sync(MAILBOX, harness.backend)
     filed_before_crash = _correspondence_count(sessions)
 

@@ -403,6 +403,47 @@ def test_feedback_writes_in_bulk(server: FakeEwsServer, make_backend: BackendFac
     assert operations == ["GetItem", "UpdateItem", "MoveItem"]
 
 
+def test_feedback_reuses_fetched_categories(server: FakeEwsServer, make_backend: BackendFactory) -> None:
+    backend = make_backend(post_action="keep", batch_size=50)
+    [report] = backend.ensure_folders()
+    for n in range(3):
+        server.drop(MAILBOX, "CRM-arkiv", norwegian_mail(f"Sak {n}"))
+    server.drop(MAILBOX, "CRM-arkiv", norwegian_mail("Egen kategori"), categories=["Blå kategori"])
+    server.clear_requests()
+
+    [batch] = drain(backend, report.folder, None)
+    backend.apply_feedback([FeedbackRequest(report.folder.key, item.item_id, Outcome.FILED) for item in batch.items])
+
+    # One GetItem per batch reads the MIME and the categories, so feedback only writes.
+    assert [r.operation for r in server.requests] == ["SyncFolderItems", "GetItem", "UpdateItem"]
+    stored = {item.subject: item.categories for item in server.items(MAILBOX, "CRM-arkiv")}
+    assert stored == {
+        "Sak 0": ["Arkivert i CRM"],
+        "Sak 1": ["Arkivert i CRM"],
+        "Sak 2": ["Arkivert i CRM"],
+        "Egen kategori": ["Blå kategori", "Arkivert i CRM"],
+    }
+
+
+def test_feedback_keeps_category_set_after_fetch(server: FakeEwsServer, make_backend: BackendFactory) -> None:
+    backend = make_backend(post_action="keep")
+    [report] = backend.ensure_folders()
+    changed = server.drop(MAILBOX, "CRM-arkiv", norwegian_mail("Endret av brukeren"))
+    untouched = server.drop(MAILBOX, "CRM-arkiv", norwegian_mail("Urørt"))
+    drain(backend, report.folder, None)
+    server.set_categories(MAILBOX, changed, ["Viktig"])
+    server.clear_requests()
+    requests_ = [FeedbackRequest(report.folder.key, item_id, Outcome.FILED) for item_id in (changed, untouched)]
+
+    applied = backend.apply_feedback(requests_)
+
+    stored = {item.subject: item.categories for item in server.items(MAILBOX, "CRM-arkiv")}
+    assert sorted(applied, key=requests_.index) == requests_
+    assert stored == {"Endret av brukeren": ["Viktig", "Arkivert i CRM"], "Urørt": ["Arkivert i CRM"]}
+    # The write with the stale change key is rejected, and only that item is read again.
+    assert [r.operation for r in server.requests] == ["UpdateItem", "GetItem", "UpdateItem"]
+
+
 def test_feedback_unmatched_category(server: FakeEwsServer, make_backend: BackendFactory) -> None:
     backend = make_backend(post_action="keep")
     [report] = backend.ensure_folders()

@@ -690,6 +690,43 @@ def test_feedback_writes_through_batch(server: FakeGraphServer, make_backend: Ba
     assert [r.method for r in server.requests if r.batched] == ["GET", "GET", "PATCH", "PATCH", "POST", "POST"]
 
 
+def test_feedback_reuses_delta_categories(server: FakeGraphServer, make_backend: BackendFactory) -> None:
+    backend = make_backend(post_action="keep")
+    [report] = backend.ensure_folders()
+    server.drop(MAILBOX, "CRM-arkiv", norwegian_mail("Sak 1"))
+    server.drop(MAILBOX, "CRM-arkiv", norwegian_mail("Egen kategori"), categories=["Blå kategori"])
+    server.clear_requests()
+
+    [batch] = drain(backend, report.folder, None)
+    backend.apply_feedback([FeedbackRequest(report.folder.key, item.item_id, Outcome.FILED) for item in batch.items])
+
+    # The delta page carries the categories, so feedback reads none.
+    sub_requests = [(r.method, r.path.rsplit("/", 1)[-1]) for r in server.requests if r.batched]
+    assert [method for method, _ in sub_requests] == ["GET", "GET", "PATCH", "PATCH"]
+    assert all(last == "$value" for method, last in sub_requests if method == "GET")
+    stored = {item.subject: item.categories for item in server.items(MAILBOX, "CRM-arkiv")}
+    assert stored == {"Sak 1": ["Arkivert i CRM"], "Egen kategori": ["Blå kategori", "Arkivert i CRM"]}
+
+
+def test_feedback_keeps_category_set_after_fetch(server: FakeGraphServer, make_backend: BackendFactory) -> None:
+    backend = make_backend(post_action="keep")
+    [report] = backend.ensure_folders()
+    changed = server.drop(MAILBOX, "CRM-arkiv", norwegian_mail("Endret av brukeren"))
+    untouched = server.drop(MAILBOX, "CRM-arkiv", norwegian_mail("Urørt"))
+    drain(backend, report.folder, None)
+    server.set_categories(MAILBOX, changed, ["Viktig"])
+    server.clear_requests()
+    requests_ = [FeedbackRequest(report.folder.key, item_id, Outcome.FILED) for item_id in (changed, untouched)]
+
+    applied = backend.apply_feedback(requests_)
+
+    stored = {item.subject: item.categories for item in server.items(MAILBOX, "CRM-arkiv")}
+    assert sorted(applied, key=requests_.index) == requests_
+    assert stored == {"Endret av brukeren": ["Viktig", "Arkivert i CRM"], "Urørt": ["Arkivert i CRM"]}
+    # The PATCH with the stale entity tag gets 412, and only that message is read again.
+    assert [r.method for r in server.requests if r.batched] == ["PATCH", "PATCH", "GET", "PATCH"]
+
+
 def test_feedback_unmatched_category(server: FakeGraphServer, make_backend: BackendFactory) -> None:
     backend = make_backend(post_action="keep")
     [report] = backend.ensure_folders()

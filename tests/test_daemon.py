@@ -176,3 +176,48 @@ def test_daemon_refuses_uninitialised_database(tmp_path: Path) -> None:
     done = subprocess.run([*SYNCD, "run"], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.strip().endswith("is not initialised or is outdated: run `syncd db upgrade`")
+
+
+def test_second_daemon_on_sqlite_is_refused(tmp_path: Path, notify_socket: NotifySocket, sqlite_template: Path) -> None:
+    shutil.copy(sqlite_template, tmp_path / "syncd.db")
+    env = _daemon_env(f"sqlite:///{tmp_path / 'syncd.db'}", tmp_path, notify_socket)
+    first = subprocess.Popen([*SYNCD, "run"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        notify_socket.wait_for("READY=1")
+        second = subprocess.run([*SYNCD, "run"], env=env, capture_output=True, text=True, timeout=60)
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+
+    assert second.returncode == 1
+    [error] = [line for line in second.stderr.splitlines() if line.startswith("Error:")]
+    assert f"(pid {first.pid}); SQLite supports one node" in error
+    assert first.returncode == 0
+
+
+def test_restart_after_a_kill_takes_the_leases_at_once(
+    tmp_path: Path, notify_socket: NotifySocket, sqlite_template: Path
+) -> None:
+    shutil.copy(sqlite_template, tmp_path / "syncd.db")
+    env = _daemon_env(f"sqlite:///{tmp_path / 'syncd.db'}", tmp_path, notify_socket)
+    Path(env["SYNCD_CONFIG"]).write_text("[sync]\ninterval_seconds = 1\njitter_seconds = 0\nlease_seconds = 600\n")
+    _syncd(env, "crm", "load", str(SAMPLES.parent / "crm.json"))
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    _syncd(env, "mailbox", "enroll", "ingrid.berg@salg.example", "--backend", "folder", "--path", str(drop))
+    killed = subprocess.Popen([*SYNCD, "run"], env=env, stderr=subprocess.DEVNULL)
+    notify_socket.wait_for("READY=1")
+    notify_socket.messages.clear()
+    killed.kill()
+    killed.wait()
+
+    # With a lease of ten minutes, only knowing the old process is gone lets
+    # the new one file this mail within the test's wait.
+    stderr = _run_daemon_until_filed(
+        env, notify_socket, lambda: shutil.copy(SAMPLES / "01-reply-quoted-code-qp.eml", drop)
+    )
+
+    assert "removed 1 stopped nodes and their leases" in stderr

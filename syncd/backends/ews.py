@@ -38,20 +38,21 @@ from exchangelib.credentials import (
 from exchangelib.errors import (
     ErrorFolderExists,
     ErrorInternalServerTransientError,
+    ErrorIrresolvableConflict,
     ErrorItemNotFound,
     ErrorServerBusy,
 )
 from exchangelib.folders import SHALLOW, SingleFolderQuerySet
 from exchangelib.folders import Folder as ExchangeFolder
-from exchangelib.items import ID_ONLY, MOVE_TO_DELETED_ITEMS, Message
+from exchangelib.items import ID_ONLY, MOVE_TO_DELETED_ITEMS, NEVER_OVERWRITE, SAVE_ONLY, SEND_TO_NONE, Message
 from exchangelib.properties import FolderId
 from exchangelib.protocol import Protocol
-from exchangelib.services import CreateFolder, SyncFolderItems
+from exchangelib.services import CreateFolder, SyncFolderItems, UpdateItem
 from exchangelib.transport import BASIC, NTLM, OAUTH2
 from oauthlib.oauth2 import OAuth2Token
 from oauthlib.oauth2.rfc6749 import errors as oauth_errors
 
-from syncd import tls
+from syncd import metrics, tls
 from syncd.auth import DEFAULT_AUTHORITY_HOST, EWS_SCOPE, token_provider_for
 from syncd.backends.base import (
     Batch,
@@ -79,8 +80,14 @@ MAX_SYNC_PAGE = 512
 ACCESS_TYPES = (IMPERSONATION, DELEGATE)
 POST_ACTIONS = ("keep", "move", "delete")
 
-#: Fields read per new item: the MIME bytes, and the Message-ID for log lines.
-MIME_FIELDS = ("mime_content", "message_id")
+#: Fields read per new item: the MIME bytes, the Message-ID for log lines, and
+#: the categories that feedback appends to without reading them again.
+MIME_FIELDS = ("mime_content", "message_id", "categories")
+
+#: Rounds of reading and writing an item's categories. A round follows another
+#: when another client changed the item in between. After the last round the
+#: item waits for a later pass.
+CATEGORY_WRITE_ROUNDS = 2
 
 
 # -- credentials -------------------------------------------------------------------
@@ -240,7 +247,29 @@ class ThrottlingFailFast(FailFast):
             raise ErrorServerBusy(f"{exc} with Retry-After {retry_after:g} s", back_off=retry_after) from exc
 
 
+# -- services ------------------------------------------------------------------------
+
+
+class ConflictReportingUpdateItem(UpdateItem):
+    """exchangelib's UpdateItem, returning ErrorIrresolvableConflict per item instead of raising it.
+
+    exchangelib 5.6 raises that error for the whole request, which hides the
+    results of the other items in the same request, already written by then.
+    """
+
+    ERRORS_TO_CATCH_IN_RESPONSE = (*UpdateItem.ERRORS_TO_CATCH_IN_RESPONSE, ErrorIrresolvableConflict)
+
+
 # -- TLS ------------------------------------------------------------------------------
+
+
+class CountingProtocol(Protocol):
+    """exchangelib's Protocol, with each HTTP response counted in the metrics of the mailbox it served."""
+
+    def create_session(self) -> Any:
+        session = super().create_session()
+        session.hooks["response"].append(metrics.request_counter("ews"))
+        return session
 
 
 @functools.cache
@@ -253,9 +282,9 @@ def protocol_class(verify: tls.Verify) -> type[Protocol]:
     BaseProtocol would change every exchangelib connection in the process.
     """
     if verify is True:
-        return Protocol
+        return CountingProtocol
 
-    class VerifyingProtocol(Protocol):
+    class VerifyingProtocol(CountingProtocol):
         HTTP_ADAPTER_CLS = tls.adapter_class(verify)
 
     return VerifyingProtocol
@@ -330,6 +359,8 @@ class EwsBackend:
         self._processed_folder_name = processed_folder_name
         self._batch_size = batch_size
         self._processed_folders: dict[str, ExchangeFolder] = {}
+        #: Change key and categories per item of the last fetched batch, until its feedback.
+        self._read_categories: dict[str, tuple[str | None, list[str]]] = {}
 
         self._config = Configuration(
             service_endpoint=endpoint,
@@ -460,6 +491,9 @@ class EwsBackend:
                 return
 
     def _fetch_items(self, folder: Folder, created: list[Message]) -> list[Item]:
+        # Feedback on a batch comes before the next batch is fetched, so only
+        # the categories of the latest batch are worth keeping.
+        self._read_categories = {}
         if not created:
             return []
         ids = [(message.id, message.changekey) for message in created]
@@ -467,6 +501,9 @@ class EwsBackend:
             results = list(
                 self._account.fetch(ids=ids, only_fields=list(MIME_FIELDS), chunk_size=self._batch_size)
             )
+        for message, result in zip(created, results, strict=True):
+            if not isinstance(result, Exception):
+                self._read_categories[message.id] = (result.changekey, list(result.categories or []))
         return [
             self._item_from_result(folder, message.id, result)
             for message, result in zip(created, results, strict=True)
@@ -506,41 +543,94 @@ class EwsBackend:
         return [request for item_id in done for request in by_item[item_id]]
 
     def _tag(self, by_item: dict[str, list[FeedbackRequest]]) -> tuple[list[str], list[str]]:
-        """Write the categories and return the ids of vanished items and of items that now carry theirs."""
-        item_ids = list(by_item)
+        """Write the categories and return the ids of vanished items and of items that now carry theirs.
+
+        The categories read with an item's MIME are reused, so feedback on a
+        fresh batch costs one UpdateItem. Each write carries the change key of
+        that read and NeverOverwrite: when the user changed the item since,
+        Exchange refuses the write with ErrorIrresolvableConflict instead of
+        replacing the user's categories, and the item is read and written again.
+        """
+        wanted = {
+            item_id: list(dict.fromkeys(self._categories[r.outcome] for r in requests if r.outcome in self._categories))
+            for item_id, requests in by_item.items()
+        }
+        vanished: list[str] = []
+        tagged = [item_id for item_id, names in wanted.items() if not names]
+        pending = [item_id for item_id, names in wanted.items() if names]
+        for _ in range(CATEGORY_WRITE_ROUNDS):
+            if not pending:
+                break
+            known = {i: self._read_categories.pop(i) for i in pending if i in self._read_categories}
+            known.update(self._read_item_categories([i for i in pending if i not in known], vanished))
+            pending = self._write_categories(known, wanted, vanished, tagged)
+        for item_id in pending:
+            log.warning(
+                "Mailbox %s: item %s changed while its categories were written; it is tried again on a later pass",
+                self.mailbox, item_id,
+            )
+        return vanished, tagged
+
+    def _read_item_categories(
+        self, item_ids: list[str], vanished: list[str]
+    ) -> dict[str, tuple[str | None, list[str]]]:
+        """Return the change key and categories of each readable item."""
+        if not item_ids:
+            return {}
         with ews_errors(self.mailbox, "GetItem of categories"):
-            current = list(
+            results = list(
                 self._account.fetch(
                     ids=[(item_id, None) for item_id in item_ids],
                     only_fields=["categories"],
                     chunk_size=self._batch_size,
                 )
             )
+        read: dict[str, tuple[str | None, list[str]]] = {}
+        for item_id, result in zip(item_ids, results, strict=True):
+            if not self._settled_by_error(item_id, result, "reading categories", vanished):
+                read[item_id] = (result.changekey, list(result.categories or []))
+        return read
 
-        vanished: list[str] = []
-        tagged: list[str] = []
+    def _write_categories(
+        self,
+        known: dict[str, tuple[str | None, list[str]]],
+        wanted: dict[str, list[str]],
+        vanished: list[str],
+        tagged: list[str],
+    ) -> list[str]:
+        """Append the missing categories to the known ones; return the ids that another client changed first."""
         updates: list[tuple[str, Message]] = []
-        for item_id, result in zip(item_ids, current, strict=True):
-            if self._settled_by_error(item_id, result, "reading categories", vanished):
-                continue
-            requested = [self._categories[r.outcome] for r in by_item[item_id] if r.outcome in self._categories]
-            existing = list(result.categories or [])
-            missing = [name for name in dict.fromkeys(requested) if name not in existing]
+        for item_id, (changekey, existing) in known.items():
+            missing = [name for name in wanted[item_id] if name not in existing]
             if not missing:
                 tagged.append(item_id)
                 continue
-            result.categories = existing + missing
-            updates.append((item_id, result))
+            item = Message(account=self._account, id=item_id, changekey=changekey, categories=existing + missing)
+            updates.append((item_id, item))
+        if not updates:
+            return []
 
-        if updates:
-            with ews_errors(self.mailbox, "UpdateItem of categories"):
-                written = self._account.bulk_update(
-                    items=[(item, ["categories"]) for _, item in updates], chunk_size=self._batch_size
+        with ews_errors(self.mailbox, "UpdateItem of categories"):
+            written = list(
+                ConflictReportingUpdateItem(account=self._account, chunk_size=self._batch_size).call(
+                    items=[(item, ["categories"]) for _, item in updates],
+                    conflict_resolution=NEVER_OVERWRITE,
+                    message_disposition=SAVE_ONLY,
+                    send_meeting_invitations_or_cancellations=SEND_TO_NONE,
+                    suppress_read_receipts=True,
                 )
-            for (item_id, _), result in zip(updates, written, strict=True):
-                if not self._settled_by_error(item_id, result, "writing categories", vanished):
-                    tagged.append(item_id)
-        return vanished, tagged
+            )
+        conflicted: list[str] = []
+        for (item_id, _), result in zip(updates, written, strict=True):
+            if isinstance(result, ErrorIrresolvableConflict):
+                log.info(
+                    "Mailbox %s: item %s changed since its categories were read; reading them again",
+                    self.mailbox, item_id,
+                )
+                conflicted.append(item_id)
+            elif not self._settled_by_error(item_id, result, "writing categories", vanished):
+                tagged.append(item_id)
+        return conflicted
 
     def _post_process(self, item_ids: list[str], by_item: dict[str, list[FeedbackRequest]]) -> list[str]:
         """Move or delete tagged items; return the ids that are done."""

@@ -103,7 +103,7 @@ def translate_error(exc: BaseException, *, mailbox: str, action: str) -> Backend
         retry_after = _retry_after(exc)
         hint = f" the server asked to wait {retry_after:g} s" if retry_after else " try again later"
         return TransientBackendError(
-            f"{where}: {detail};{hint}.", mailbox=mailbox, retry_after=retry_after
+            f"{where}: {_transient_kind(exc)}{detail};{hint}.", mailbox=mailbox, retry_after=retry_after
         )
     if isinstance(exc, CONFIG_ERRORS):
         return PermanentBackendError(
@@ -157,6 +157,21 @@ def _is_tls_failure(exc: BaseException) -> bool:
     if isinstance(exc, ews.TransportError):
         return isinstance(exc.__context__, requests.exceptions.SSLError)
     return isinstance(exc, requests.exceptions.SSLError)
+
+
+def _transient_kind(exc: BaseException) -> str:
+    """Return "connection failed: " or "timed out: " for a transport failure, else "".
+
+    exchangelib 5.6 reports both as ErrorTimeoutExpired, raised while
+    handling the requests exception. That name alone would call a refused
+    or dropped connection a time-out.
+    """
+    cause = exc.__context__ if isinstance(exc, ews.ErrorTimeoutExpired) else exc
+    if isinstance(cause, requests.exceptions.Timeout):
+        return "timed out: "
+    if isinstance(cause, requests.exceptions.ConnectionError):
+        return "connection failed: "
+    return ""
 
 
 def _retry_after(exc: BaseException) -> float | None:

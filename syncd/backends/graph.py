@@ -27,7 +27,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from syncd import tls
+from syncd import metrics, tls
 from syncd.backends.base import (
     Batch,
     FeedbackRequest,
@@ -86,6 +86,11 @@ TOKEN_EXPIRY_MARGIN = 60
 
 #: Item ids per folder that the backend remembers having tagged, to skip their category updates.
 MAX_REMEMBERED_TAGS = 10_000
+
+#: Rounds of reading and writing a message's categories. A round follows another
+#: when another client changed the message in between. After the last round the
+#: message waits for a later pass.
+CATEGORY_WRITE_ROUNDS = 2
 
 POST_ACTIONS = ("keep", "move", "delete")
 
@@ -181,6 +186,8 @@ class SubRequest:
     method: str
     url: str
     body: dict[str, Any] | None = None
+    #: The entity tag a write is conditional on (If-Match), or None for an unconditional write.
+    if_match: str | None = None
 
 
 @dataclass(frozen=True)
@@ -259,12 +266,15 @@ class GraphBackend:
         self._batch_limit = MAX_BATCH_REQUESTS if max_concurrency >= BATCH_PARALLELISM else max_concurrency
         self._processed_folders: dict[str, str] = {}
         self._tagged: OrderedDict[tuple[str, str], None] = OrderedDict()
+        #: Entity tag and categories per message of the last fetched delta page, until its feedback.
+        self._read_categories: dict[str, tuple[str | None, list[str]]] = {}
         self._warned_undecodable = False
 
         self._owns_session = session is None
         if session is None:
             session = requests.Session()
             tls.mount_adapter(session, verify, pool_maxsize=max_concurrency)
+            session.hooks["response"].append(metrics.request_counter("graph", mailbox))
         self._session = session
 
     # -- folders ---------------------------------------------------------------
@@ -416,6 +426,13 @@ class GraphBackend:
         return isinstance(categories, list) and any(c in self._own_categories for c in categories)
 
     def _fetch_items(self, folder: Folder, entries: list[dict[str, Any]]) -> list[Item]:
+        # The delta page carries each message's categories (they are in
+        # $select), so feedback appends to them without reading them again.
+        # Feedback on a page comes before the next page is fetched, so only the
+        # latest page's are kept.
+        self._read_categories = {
+            str(entry["id"]): _categories_of(entry) for entry in entries if isinstance(entry.get("categories"), list)
+        }
         if not entries:
             return []
         requests_ = [SubRequest("GET", f"{self._message_path(e['id'])}/$value") for e in entries]
@@ -495,43 +512,92 @@ class GraphBackend:
         return [request for item_id in done for request in by_item[item_id]]
 
     def _tag(self, by_item: dict[str, list[FeedbackRequest]]) -> tuple[list[str], list[str]]:
-        """Write the categories and return the ids of vanished messages and of messages that now carry theirs."""
+        """Write the categories and return the ids of vanished messages and of messages that now carry theirs.
+
+        The categories of the delta page are reused, so feedback on a fresh
+        page costs one PATCH per message. Each PATCH is conditional on the
+        entity tag of that read (If-Match). When the user changed the message
+        since, Graph returns 412 instead of replacing the user's categories,
+        and the message is read and written again.
+        """
         wanted = {
             item_id: list(dict.fromkeys(self._categories[r.outcome] for r in requests if r.outcome in self._categories))
             for item_id, requests in by_item.items()
         }
         tagged = [item_id for item_id, names in wanted.items() if not names]
-        to_read = [item_id for item_id, names in wanted.items() if names]
+        pending = [item_id for item_id, names in wanted.items() if names]
         vanished: list[str] = []
-        if not to_read:
-            return vanished, tagged
-
-        reads = self._run_batch(
-            [SubRequest("GET", f"{self._message_path(i)}?$select=categories") for i in to_read], action="category read"
-        )
-        updates: list[tuple[str, list[str]]] = []
-        for item_id, response in zip(to_read, reads, strict=True):
-            if self._settled_by_failure(item_id, response, "reading categories", vanished):
-                continue
-            existing = list(response.body.get("categories") or []) if isinstance(response.body, dict) else []
-            missing = [name for name in wanted[item_id] if name not in existing]
-            if missing:
-                updates.append((item_id, existing + missing))
-            else:
-                tagged.append(item_id)
-
-        if updates:
-            writes = self._run_batch(
-                [SubRequest("PATCH", self._message_path(i), {"categories": names}) for i, names in updates],
-                action="category write",
+        for _ in range(CATEGORY_WRITE_ROUNDS):
+            if not pending:
+                break
+            known = {i: self._read_categories.pop(i) for i in pending if i in self._read_categories}
+            known.update(self._read_message_categories([i for i in pending if i not in known], vanished))
+            pending = self._write_categories(known, wanted, vanished, tagged)
+        for item_id in pending:
+            log.warning(
+                "Mailbox %s: message %s changed while its categories were written; it is tried again on a later pass",
+                self.mailbox, item_id,
             )
-            for (item_id, _), response in zip(updates, writes, strict=True):
-                if not self._settled_by_failure(item_id, response, "writing categories", vanished):
-                    tagged.append(item_id)
 
         for item_id in tagged:
             self._remember_tagged(by_item[item_id][0].folder_key, item_id)
         return vanished, tagged
+
+    def _read_message_categories(
+        self, item_ids: list[str], vanished: list[str]
+    ) -> dict[str, tuple[str | None, list[str]]]:
+        """Return the entity tag and categories of each readable message."""
+        if not item_ids:
+            return {}
+        reads = self._run_batch(
+            [SubRequest("GET", f"{self._message_path(i)}?$select=categories") for i in item_ids], action="category read"
+        )
+        read: dict[str, tuple[str | None, list[str]]] = {}
+        for item_id, response in zip(item_ids, reads, strict=True):
+            if not self._settled_by_failure(item_id, response, "reading categories", vanished):
+                read[item_id] = _categories_of(response.body if isinstance(response.body, dict) else {})
+        return read
+
+    def _write_categories(
+        self,
+        known: dict[str, tuple[str | None, list[str]]],
+        wanted: dict[str, list[str]],
+        vanished: list[str],
+        tagged: list[str],
+    ) -> list[str]:
+        """Append the missing categories to the known ones; return the ids that another client changed first."""
+        updates: list[tuple[str, str | None, list[str]]] = []
+        for item_id, (etag, existing) in known.items():
+            missing = [name for name in wanted[item_id] if name not in existing]
+            if missing:
+                updates.append((item_id, etag, existing + missing))
+            else:
+                tagged.append(item_id)
+        if not updates:
+            return []
+
+        # NOTE: Exchange Online returns 412 ErrorIrresolvableConflict for a PATCH
+        # with a stale change key, but whether it checks If-Match on messages
+        # was not verified. Where it does not, a category the user set after
+        # the delta page was read is replaced by this write.
+        writes = self._run_batch(
+            [
+                SubRequest("PATCH", self._message_path(i), {"categories": names}, if_match=etag)
+                for i, etag, names in updates
+            ],
+            action="category write",
+        )
+        conflicted: list[str] = []
+        for (item_id, _, _), response in zip(updates, writes, strict=True):
+            if response.status == 412:
+                log.info(
+                    "Mailbox %s: message %s changed since its categories were read; reading them again",
+                    self.mailbox, item_id,
+                )
+                conflicted.append(item_id)
+            elif not self._settled_by_failure(item_id, response, "writing categories", vanished):
+                tagged.append(item_id)
+        return conflicted
 
     def _post_process(self, item_ids: list[str], by_item: dict[str, list[FeedbackRequest]]) -> list[str]:
         """Move tagged messages to the processed folder or to Deleted Items; return the ids that are done."""
@@ -779,7 +845,17 @@ def _batch_entry(request_id: str, request: SubRequest) -> dict[str, Any]:
     if request.body is not None:
         entry["headers"]["Content-Type"] = "application/json"
         entry["body"] = request.body
+    if request.if_match is not None:
+        entry["headers"]["If-Match"] = request.if_match
     return entry
+
+
+def _categories_of(message: Mapping[str, Any]) -> tuple[str | None, list[str]]:
+    """Return the entity tag and the categories of a message as Graph returned it."""
+    etag = message.get("@odata.etag")
+    categories = message.get("categories")
+    names = [c for c in categories if isinstance(c, str)] if isinstance(categories, list) else []
+    return (etag if isinstance(etag, str) and etag else None), names
 
 
 def _decoded_body(body: Any) -> bytes | None:

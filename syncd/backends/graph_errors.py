@@ -150,6 +150,10 @@ def translate_error(exc: BaseException, *, mailbox: str, action: str) -> Backend
     if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                         requests.exceptions.InvalidSchema)):
         return PermanentBackendError(f"{where}: {detail}; check the Graph base URL.", mailbox=mailbox)
+    if isinstance(exc, requests.exceptions.Timeout):
+        detail = f"timed out: {detail}"
+    elif isinstance(exc, requests.exceptions.ConnectionError):
+        detail = f"connection failed: {detail}"
     return TransientBackendError(f"{where}: {detail}; try again later.", mailbox=mailbox)
 
 

@@ -49,7 +49,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     """File email correspondence into the CRM by tracking code."""
     app = App(config_path)
     ctx.obj = app
-    configure_logging(app.settings.log_level)
+    configure_logging(app.settings.log_level, app.settings.log_format)
 
 
 for module in (database, crm, mailbox, sync, correspondence, unmatched, person, status):

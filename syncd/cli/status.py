@@ -9,14 +9,16 @@ from sqlalchemy import func, select
 
 from crmstore.models import Mailbox, ProcessedItem
 from syncd.cli.context import App, pass_app, print_json
+from syncd.lease import lease_owners
 
 
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @pass_app
 def status(app: App, as_json: bool) -> None:
-    """Show per mailbox: backend, role, state, last sync, counts and last error."""
+    """Show per mailbox: backend, role, state, syncing node, last sync, counts and last error."""
     with app.sessions() as session:
+        owners = lease_owners(session)
         counts: dict[str, Counter[str]] = {}
         for address, outcome, number in session.execute(
             select(ProcessedItem.mailbox, ProcessedItem.outcome, func.count()).group_by(
@@ -33,6 +35,7 @@ def status(app: App, as_json: bool) -> None:
                     "backend": mailbox.backend,
                     "role": mailbox.role,
                     "state": mailbox.state if mailbox.enabled else "disabled",
+                    "node": owners[mailbox.address][0] if mailbox.address in owners else None,
                     "last_sync": mailbox.last_sync_at.isoformat() if mailbox.last_sync_at else None,
                     "last_success": mailbox.last_success_at.isoformat() if mailbox.last_success_at else None,
                     "filed": tally["filed"] + tally["duplicate"],
@@ -51,6 +54,7 @@ def status(app: App, as_json: bool) -> None:
             f"{row['mailbox']}  {row['backend']}/{row['role']}  {row['state']}  "
             f"last success {row['last_success'] or 'never'}  "
             f"filed {row['filed']}, unmatched {row['unmatched']}, failed {row['failed']}"
+            + (f"  node {row['node']}" if row["node"] else "")
         )
         if row["last_error"]:
             click.echo(f"    last error: {row['last_error']}")

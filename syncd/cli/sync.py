@@ -15,6 +15,7 @@ from syncd.backends import open_backend
 from syncd.cli.context import App, pass_app, print_json, warn
 from syncd.errors import SyncdError
 from syncd.importer import import_paths
+from syncd.lease import Leases
 from syncd.pipeline import Pipeline
 from syncd.sync import Counts, MailboxSync
 
@@ -39,16 +40,23 @@ def sync_once(app: App, once: bool, address: str | None, as_json: bool) -> None:
         raise NotFoundError(f"mailbox {address!r} is not enrolled: see `syncd mailbox list`")
 
     syncer = MailboxSync(app.sessions, Pipeline.from_settings(app.sessions, app.settings), app.settings.sync)
+    # A running daemon may hold a mailbox's lease; its pass is left alone.
+    leases = Leases(app.sessions, app.settings.sync.lease_seconds, single_node=False, balance=False)
     total = Counts()
     failures = []
     for mailbox in mailboxes:
+        claim = leases.acquire(mailbox.address)
+        if not claim.held:
+            warn(f"mailbox {mailbox.address} is being synced by node {claim.owner}; skipped")
+            continue
         backend = open_backend(mailbox, app.settings)
         try:
-            total.merge(syncer.sync(mailbox.address, backend))
+            total.merge(syncer.sync(mailbox.address, backend, fence=leases.renew))
         except SyncdError as exc:
             failures.append(f"mailbox {mailbox.address}: {exc}")
         finally:
             backend.close()
+            leases.release([mailbox.address])
 
     _print_counts(total, as_json)
     for failure in failures:

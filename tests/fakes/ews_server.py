@@ -10,7 +10,8 @@ Item ids change when an item moves, as they do on Exchange. Sync states are
 opaque to the client and encode a position in the mailbox's change log.
 
 Operations: GetFolder, FindFolder, CreateFolder, SyncFolderItems, GetItem,
-UpdateItem (categories and subject), MoveItem and DeleteItem. Anything else is
+UpdateItem (categories and subject; NeverOverwrite refuses a stale ChangeKey),
+MoveItem and DeleteItem. Anything else is
 answered with a SOAP fault that names the unsupported operation, so a test
 never passes against a silently ignored request.
 """
@@ -316,6 +317,15 @@ class FakeEwsServer:
         """Make GetItem return the response code `code` for this item from now on."""
         with self._lock:
             self._mailbox(address).items[item_id].error_code = code
+
+    def set_categories(self, address: str, item_id: str, categories: list[str]) -> None:
+        """Replace an item's categories as a user in Outlook would: the item gets a new change key."""
+        with self._lock:
+            mailbox = self._mailbox(address)
+            item = mailbox.items[item_id]
+            item.categories = list(categories)
+            item.changekey = self._new_changekey()
+            self._log_change(mailbox, "Update", item)
 
     def garble_mime(self, address: str, item_id: str) -> None:
         """Make GetItem send MimeContent for this item that is not valid base64."""
@@ -667,12 +677,27 @@ class FakeEwsServer:
         return messages
 
     def _update_item(self, mailbox: _Mailbox, request: ET.Element) -> list[ET.Element]:
+        # Under NeverOverwrite, Exchange rejects a change whose ChangeKey is no
+        # longer the item's. AutoResolve and AlwaysOverwrite write in most
+        # cases, which the fake models as always.
+        never_overwrite = request.get("ConflictResolution") == "NeverOverwrite"
         messages = []
         for change in _children(request.find(_m("ItemChanges"))):
             reference = change.find(_t("ItemId"))
             item = mailbox.items.get(reference.get("Id", "") if reference is not None else "")
             if item is None:
                 messages.append(_item_not_found("UpdateItem"))
+                continue
+            changekey = reference.get("ChangeKey") if reference is not None else None
+            if never_overwrite and changekey and changekey != item.changekey:
+                message = _error_message(
+                    "UpdateItem",
+                    "ErrorIrresolvableConflict",
+                    "The send or update operation could not be performed because the change key passed in the "
+                    "request does not match the current change key for the item.",
+                )
+                ET.SubElement(message, _m("Items"))
+                messages.append(message)
                 continue
             for update in _children(change.find(_t("Updates"))):
                 _apply_update(item, update)

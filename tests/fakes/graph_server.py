@@ -27,6 +27,11 @@ own. A `$value` sub-response carries the MIME bytes as a base64 string, which
 is what Graph's batching documentation describes for bodies that are not JSON.
 NOTE: that encoding was not checked against Exchange Online.
 
+PATCH honours If-Match: a tag other than the message's current `@odata.etag`
+(or `*`) gets 412 ErrorIrresolvableConflict, the answer Exchange Online gives
+for a stale change key. NOTE: whether Graph checks If-Match on messages, rather
+than only a change key in the body, was not checked against Exchange Online.
+
 Anything the fake does not implement gets 400 BadRequest naming
 the request, so a test never passes against a silently ignored request.
 """
@@ -410,6 +415,17 @@ class FakeGraphServer:
                 raise KeyError(f"mailbox {upn!r} has no message {message_id!r}")
             message.mime_error = (status, code)
 
+    def set_categories(self, upn: str, message_id: str, categories: list[str]) -> None:
+        """Replace a message's categories as a user in Outlook would: the message gets a new change key."""
+        with self._lock:
+            mailbox = self._mailbox(upn)
+            message = self._message_by_id(mailbox, message_id)
+            if message is None:
+                raise KeyError(f"mailbox {upn!r} has no message {message_id!r}")
+            message.categories = list(categories)
+            message.change_key = self._new_change_key()
+            self._log_change(mailbox, "updated", message)
+
     def remove_folder(self, upn: str, folder: str) -> None:
         """Delete a folder below the top of information store with its messages and subfolders."""
         with self._lock:
@@ -768,6 +784,14 @@ class FakeGraphServer:
         categories = call.body.get("categories", message.categories)
         if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
             return _error(400, "ErrorInvalidRequest", "categories must be an array of strings.")
+        if_match = call.headers.get("if-match")
+        if if_match is not None and if_match not in ("*", f'W/"{message.change_key}"'):
+            return _error(
+                412,
+                "ErrorIrresolvableConflict",
+                "The send or update operation could not be performed because the change key passed in the request "
+                "does not match the current change key for the item.",
+            )
         message.categories = list(categories)
         message.subject = str(call.body.get("subject", message.subject))
         message.change_key = self._new_change_key()
