@@ -231,6 +231,16 @@ def test_tag_inside_code_ignored(tag: str) -> None:
     assert in_text(f"Sporingskode: {CODE[:11]}{tag}{CODE[11:]}") == [labelled(CODE)]
 
 
+@pytest.mark.parametrize("tag", ["<SPAN style='color:#fff'>", "<o:p></o:p>", "<Font color=white>", "</TD><TD>"])
+def test_tag_variants_inside_code_ignored(tag: str) -> None:
+    assert in_text(f"Sporingskode: {CODE[:11]}{tag}{CODE[11:]}") == [labelled(CODE)]
+
+
+@pytest.mark.parametrize("tag", ["<blink>", "<spanx>", "<strikeout>"])
+def test_unlisted_tag_inside_code_kept(tag: str) -> None:
+    assert in_text(f"Sporingskode: {CODE[:11]}{tag}{CODE[11:]}") == []
+
+
 def test_code_in_angle_brackets_not_taken_for_tag() -> None:
     assert in_text(f"Tracking code: <{CODE}>") == [labelled(CODE)]
 
@@ -272,6 +282,16 @@ def test_wrapped_code_found(marker: str) -> None:
     text = f"> Hei Kari,\n> Sporingskode: {CODE[:10]}\n{marker}{CODE[10:]}.\n> Hilsen Åse"
 
     assert in_text(text) == [labelled(CODE)]
+
+
+def test_wrapped_code_with_crlf_and_quote_markers_found() -> None:
+    text = f"> Sporingskode: {CODE[:10]}\r\n> {CODE[10:]}\r\n"
+
+    assert in_text(text) == [labelled(CODE)]
+
+
+def test_quote_marker_inside_line_kept() -> None:
+    assert in_text(f"Sporingskode: {CODE[:10]} > {CODE[10:]}") == []
 
 
 def test_wrap_between_label_and_code_in_quote() -> None:

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import base64
+import email
 import logging
 import time
 from datetime import UTC, datetime
+from email import policy
+from email.headerregistry import AddressHeader
+from email.utils import quote
+from typing import cast
 
 import pytest
 from factories import OutlookMail, make_mail, make_outlook_msg
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from syncd.mail import Address
 from syncd.parse import (
     is_unreadable,
+    mailbox_address,
     parse_item,
     parse_message,
     parse_msg,
@@ -113,6 +119,46 @@ def test_invalid_address_is_skipped_with_defect() -> None:
 
     assert mail.to == [Address(email="mette@example.dk", name="Mette")]
     assert any(defect.startswith("To header: invalid address") for defect in mail.defects)
+
+
+# Pieces of addresses in the forms that the parse stage reads without the
+# email package's parser, and of forms close to them that it leaves to that
+# parser: a "." in a display name or local part, "=?" and blanks.
+ATOM_TEXT = st.text(alphabet="abcKARIøæåÅ019!#$%&'*+-/=?^_`{|}~.", min_size=1, max_size=8)
+QUOTED_TEXT = st.text(alphabet="abc Kari,;:<>@.()øå\t", max_size=10)
+DISPLAY_NAME = st.one_of(
+    st.just(""),
+    st.lists(ATOM_TEXT, min_size=1, max_size=3).map(" ".join),
+    st.lists(ATOM_TEXT, min_size=2, max_size=3).map("  \t".join),
+    QUOTED_TEXT.map(lambda text: f'"{text}"'),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(DISPLAY_NAME, ATOM_TEXT, ATOM_TEXT, st.booleans())
+def test_address_matches_email_package(display_name: str, local: str, domain: str, bare: bool) -> None:
+    piece = f"{local}@{domain}" if bare and not display_name else f"{display_name} <{local}@{domain}>".strip()
+    try:
+        header = cast(AddressHeader, policy.default.header_factory("to", piece))
+        expected = [mailbox_address(item.addr_spec, item.display_name) for item in header.addresses if item.domain]
+    except Exception:
+        # The email package raises on a few odd display names such as ".",
+        # which the parse stage then reads loosely.
+        assume(False)
+
+    mail = parse_message(raw_mail(b"To: " + piece.encode()))
+
+    assert mail.to == [address for address in expected if address is not None]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="abc Kari\tæøå=?-:;\"'()<>,", max_size=30))
+def test_subject_matches_email_package(subject: str) -> None:
+    value = subject.lstrip(" \t")
+
+    mail = parse_message(raw_mail(b"Subject: " + subject.encode()))
+
+    assert mail.subject == str(policy.default.header_factory("subject", value))
 
 
 def test_date_is_aware_utc() -> None:
@@ -224,6 +270,42 @@ def test_charset_falls_back(charset: bytes, body: bytes) -> None:
     assert mail.text == "Tilbud på skrog"
 
 
+CHARSET_PARAMETER = st.tuples(
+    st.sampled_from(["charset", "CHARSET", "Charset", "format", "name", "charset*", "charset*0", " charset "]),
+    st.sampled_from(
+        ["koi8-r", '"koi8-r"', "KOI8-R", "utf-8", '"utf-8"', "flowed", '"a;b"', "<koi8-r>", "koi8-r'no'x", '"x\\"y"', ""]
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(CHARSET_PARAMETER, max_size=4), st.sampled_from(["; ", ";", " ; ", ";\t"]))
+def test_charset_matches_email_package(parameters: list[tuple[str, str]], separator: str) -> None:
+    content_type = "text/plain" + "".join(f"{separator}{name}={value}" for name, value in parameters)
+    raw = raw_mail(b"Content-Type: " + content_type.encode(), "Привет".encode("koi8-r"))
+    try:
+        charset = email.message_from_bytes(raw).get_content_charset()
+    except TypeError:
+        # RFC 2231 continuations with and without a number make the email
+        # package raise, and the parse stage then reads no charset.
+        charset = None
+    canonical = "text/plain" if charset is None else f'text/plain; charset="{quote(charset)}"'
+
+    mail = parse_message(raw)
+
+    assert mail.text == parse_message(raw_mail(b"Content-Type: " + canonical.encode(), "Привет".encode("koi8-r"))).text
+
+
+@pytest.mark.parametrize("value", ["/" * 16_000 + "=", "a/" * 8_000 + "=", "x/" + " " * 16_000 + "="])
+def test_long_content_type_read_in_linear_time(value: str) -> None:
+    """A pattern that backtracks over these took seconds, and minutes on longer values."""
+    started = time.perf_counter()
+    mail = parse_message(raw_mail(b"Content-Type: " + value.encode(), b"Hei"))
+
+    assert time.perf_counter() - started < 2
+    assert mail.text == "Hei"
+
+
 def test_wrong_declared_charset_replaces_bad_bytes() -> None:
     mail = parse_message(raw_mail(b"Content-Type: text/plain; charset=utf-8", "Tilbud på skrog".encode("latin-1")))
 
@@ -267,6 +349,50 @@ def test_tnef_part_is_noted() -> None:
     mail = parse_message(make_mail(attachments=[(b"\x78\x9f\x3e\x22", "application/ms-tnef", "winmail.dat")]))
 
     assert "TNEF part (winmail.dat) not decoded" in mail.defects
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"Content-Type: text/plain; NAME=winmail.dat",
+        b"Content-Type: text/plain\nContent-Disposition: inline; filename*=utf-8''winmail%2Edat",
+        b"Content-Type: text/plain\nContent-Disposition: inline; FileName*0=winmail; filename*1=.dat",
+    ],
+    ids=["name", "rfc2231", "rfc2231-continuation"],
+)
+def test_tnef_name_parameter_forms_noted(headers: bytes) -> None:
+    mail = parse_message(raw_mail(headers, b"\x78\x9f\x3e\x22"))
+
+    assert "TNEF part (winmail.dat) not decoded" in mail.defects
+    assert mail.text == ""
+
+
+def test_repeated_html_parts_are_each_kept() -> None:
+    parts = ["<p>Tilbud</p>", "<p>Tilbud</p>", "<p>Sporingskode: <b>nXmrgOgu</b>RZt63tpjM5sSpA==</p>", "<p>Tilbud</p>"]
+    body = "".join(f"--b\nContent-Type: text/html; charset=utf-8\n\n{html}\n" for html in parts) + "--b--\n"
+
+    mail = parse_message(raw_mail(b"Content-Type: multipart/mixed; boundary=b", body.encode()))
+
+    assert mail.html_text == "Tilbud\n\nTilbud\n\nSporingskode: nXmrgOguRZt63tpjM5sSpA==\n\nTilbud"
+
+
+def test_repeated_html_parts_over_limit_each_noted() -> None:
+    html = "<p>" + "a" * 200 + "</p>"
+    body = f"--b\nContent-Type: text/html\n\n{html}\n--b\nContent-Type: text/html\n\n{html}\n--b--\n"
+
+    mail = parse_message(raw_mail(b"Content-Type: multipart/mixed; boundary=b", body.encode()), max_html_chars=103)
+
+    assert mail.html_text == "a" * 100 + "\n\n" + "a" * 100
+    assert mail.defects.count("HTML body of 207 characters read up to 103: max_html_chars is 103") == 2
+
+
+def test_boundary_folded_onto_next_line_is_read() -> None:
+    body = b"--B\nContent-Type: text/plain\n\nRen tekst\n--B\nContent-Type: text/html\n\n<p>HTML</p>\n--B--\n"
+
+    mail = parse_message(raw_mail(b'Content-Type: multipart/alternative;\n boundary="B"', body))
+
+    assert mail.text == "Ren tekst"
+    assert mail.html_text == "HTML"
 
 
 # --- nested messages ----------------------------------------------------
