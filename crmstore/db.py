@@ -67,6 +67,18 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def describe_error(exc: BaseException) -> str:
+    """Return the driver's first line of a database error, e.g. "OperationalError: connection failed: ...".
+
+    SQLAlchemy's own message goes on with the SQL statement and its
+    parameters, which hold mail text and addresses; those stay out of
+    logs and stored error details.
+    """
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines()
+    return f"{type(original).__name__}: {lines[0]}" if lines else type(original).__name__
+
+
 def masked_url(url: str) -> str:
     """Return `url` with any password replaced by ***, for logs and messages.
 

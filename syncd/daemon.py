@@ -37,7 +37,7 @@ from syncd.logsetup import configure_logging
 from syncd.notify import notify, watchdog_interval
 from syncd.pipeline import Pipeline
 from syncd.settings import Settings, load_settings
-from syncd.sync import DATABASE_ERRORS, MailboxSync, describe_database_error
+from syncd.sync import DATABASE_ERRORS, MailboxSync
 
 log = logging.getLogger("syncd.daemon")
 
@@ -169,7 +169,7 @@ class Daemon:
             # The lease or the enrolment could not be read: an outage, not a bug.
             log.error(
                 "mailbox %s: database unavailable (%s); will retry at the next run",
-                address, describe_database_error(exc),
+                address, db.describe_error(exc),
             )
         except Exception:
             log.exception("mailbox %s: pass failed unexpectedly", address)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 from syncd.redact import install_log_filter
@@ -23,6 +26,23 @@ _handler: logging.Handler | None = None
 #: Attributes that a log call can attach with `extra=` and that JSON lines carry as fields.
 CONTEXT_FIELDS = ("mailbox", "item")
 
+#: The mailbox and item the current thread works on, for the JSON fields of
+#: records that do not name them with `extra=`.
+_context: dict[str, ContextVar[str | None]] = {
+    field: ContextVar(f"syncd_log_{field}", default=None) for field in CONTEXT_FIELDS
+}
+
+
+@contextmanager
+def log_context(**fields: str) -> Iterator[None]:
+    """Name the mailbox or item that log records of this thread are about, inside the block."""
+    tokens = [(_context[field], _context[field].set(value)) for field, value in fields.items()]
+    try:
+        yield
+    finally:
+        for variable, token in reversed(tokens):
+            variable.reset(token)
+
 
 class JsonLogFormatter(logging.Formatter):
     """Log formatter that writes each record as one JSON object on one line, for journald and log shippers.
@@ -40,7 +60,7 @@ class JsonLogFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for field in CONTEXT_FIELDS:
-            value = getattr(record, field, None)
+            value = getattr(record, field, None) or _context[field].get()
             if value is not None:
                 entry[field] = value
         if record.exc_info:

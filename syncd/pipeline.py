@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from datetime import tzinfo
 from zoneinfo import ZoneInfo
 
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from crmstore import db
 from crmstore.refs import Ref
 from syncd.backends.base import Item
 from syncd.detect import find_codes
+from syncd.logsetup import log_context
 from syncd.mail import Outcome, ParsedMail, UnmatchedReason
 from syncd.parse import is_unreadable, limit_notes, parse_item
 from syncd.record import (
@@ -75,6 +77,10 @@ class Pipeline:
 
         `mapped_to` is the record of the mapped folder the item lies in.
         """
+        with log_context(item=source.item_id):
+            return self._process_retrying(item, source, inbound=inbound, mapped_to=mapped_to)
+
+    def _process_retrying(self, item: Item, source: Source, *, inbound: bool, mapped_to: Ref | None) -> ItemResult:
         try:
             return self._process_once(item, source, inbound=inbound, mapped_to=mapped_to)
         except IntegrityError:
@@ -173,16 +179,15 @@ class Pipeline:
             # The one broad handler of the pipeline: whatever a stage does
             # with a hostile or broken mail, the mail is kept and the pass
             # goes on with the next item.
+            error = _describe(exc)
             log.warning(
-                "%s: %s failed on item %s in %s: %s: %s",
-                _label(mail), stage, source.item_id, source.mailbox, type(exc).__name__, exc,
+                "%s: %s failed on item %s in %s: %s",
+                _label(mail), stage, source.item_id, source.mailbox, error,
                 exc_info=log.isEnabledFor(logging.DEBUG),
             )
             reason = UnmatchedReason.PARSE_ERROR if stage == "parse" else UnmatchedReason.ERROR
             with self.sessions() as session, session.begin():
-                return self._keep_failed(
-                    session, item, source, mail, reason, f"{stage}: {type(exc).__name__}: {exc}"
-                )
+                return self._keep_failed(session, item, source, mail, reason, f"{stage}: {error}")
 
     def _keep_failed(
         self,
@@ -211,6 +216,14 @@ class Pipeline:
             _label(mail), reason.value, source.mailbox, source.item_id, entry.id, detail,
         )
         return ItemResult(outcome, feedback_outcome(outcome, entry.id), unmatched_id=entry.id)
+
+
+def _describe(exc: Exception) -> str:
+    # A database error's own text carries the statement's parameters,
+    # that is the mail's text; the driver's message names the problem.
+    if isinstance(exc, DBAPIError):
+        return db.describe_error(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _unmatched_detail(unknown_codes: list[str], mail: ParsedMail) -> str:

@@ -27,6 +27,7 @@ from tenacity import (
 )
 from tenacity.wait import wait_random_exponential
 
+from crmstore import db
 from crmstore.models import Mailbox, MailboxFolder, ProcessedItem, utcnow
 from crmstore.refs import Ref
 from syncd import folders as stored
@@ -41,6 +42,7 @@ from syncd.errors import (
 )
 from syncd.folders import ScannedFolder
 from syncd.lease import LeaseLostError
+from syncd.logsetup import log_context
 from syncd.mail import Outcome
 from syncd.pipeline import ItemResult, Pipeline
 from syncd.record import Source, feedback_outcome, find_ledger_entry
@@ -57,6 +59,7 @@ Fence = Callable[[str], None]
 
 def _unfenced(_address: str) -> None:
     return None
+
 
 #: Feedback retried from earlier passes per pass; the rest waits for the next one.
 MAX_PENDING_FEEDBACK = 500
@@ -120,6 +123,10 @@ class MailboxSync:
         `fence` is checked before each batch and cursor update, so a node that
         lost its lease on the mailbox stops before it writes more.
         """
+        with log_context(mailbox=address):
+            return self._pass(address, backend, fence)
+
+    def _pass(self, address: str, backend: MailboxBackend, fence: Fence) -> Counts:
         started = time.monotonic()
         counts = Counts()
         try:
@@ -178,7 +185,7 @@ class MailboxSync:
         The item in hand was rolled back and the cursor was stored only for
         whole batches, so the next pass goes on where this one stopped.
         """
-        detail = describe_database_error(exc)
+        detail = db.describe_error(exc)
         log.error(
             "mailbox %s: database unavailable (%s); pass ended after %d items, will retry at the next run",
             address, detail, counts.seen,
@@ -430,13 +437,6 @@ class MailboxSync:
             elif finished:
                 mailbox.state = "ok"
                 mailbox.last_error = None
-
-
-def describe_database_error(exc: Exception) -> str:
-    """Return the driver's first line of `exc`, e.g. "OperationalError: connection failed: ..."."""
-    original = getattr(exc, "orig", None) or exc
-    lines = str(original).strip().splitlines()
-    return f"{type(original).__name__}: {lines[0]}" if lines else type(original).__name__
 
 
 def _folder_row(address: str, folder: Folder) -> Select[MailboxFolder]:

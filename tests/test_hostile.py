@@ -30,6 +30,7 @@ from factories import OutlookMail, make_mail, make_outlook_msg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 
 from crmstore import crm, db
@@ -781,3 +782,27 @@ def test_import_mbox_without_messages_reported(store_url: str, tmp_path: Path, g
     assert code == 1
     assert counts == {"seen": 1, "filed": 0, "unmatched": 1, "failed": 0, "duplicates": 0}
     assert f"Error: {garbage}: no message found: an mbox file starts each message with a 'From ' line" in stderr
+
+
+def test_database_error_keeps_mail_text_out_of_detail_and_log(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    add_fjord(sessions)
+    secret_line = "Personnummer 010203 12345"
+    raw = make_mail(subject=f"Tracking code: {CODE}.", text=secret_line, sender=f"Kari <{KARI}>")
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise DataError(
+            "INSERT INTO correspondence (subject, body_text) VALUES (%(subject)s, %(body)s)",
+            {"subject": "Tracking code", "body": secret_line},
+            ValueError("value too long for type character varying(255)"),
+        )
+
+    monkeypatch.setattr("syncd.pipeline.record_filed", refuse)
+    result, source = process(Pipeline(sessions, LimitSettings()), raw, "database-error")
+
+    found = kept(sessions, source)
+    assert result.outcome is Outcome.FAILED
+    assert found.unmatched is not None
+    assert found.unmatched.detail == "record: ValueError: value too long for type character varying(255)"
+    assert secret_line not in caplog.text

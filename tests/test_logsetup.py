@@ -21,6 +21,7 @@ from syncd.settings import Settings
 
 MAILBOX = "ingrid.berg@salg.example"
 SECRET = "Sv4rt-hemmelig-æøå"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
 
 def _record(message: str, *args: object, level: int = logging.INFO, **extra: Any) -> logging.LogRecord:
@@ -172,3 +173,27 @@ def test_bad_log_format_rejected(tmp_path: Path) -> None:
     assert line.startswith("Error: invalid setting log_format = 'xml' in ")
     assert "'text' or 'json'" in line
     assert "SYNCD_LOG_FORMAT" in line
+
+
+def test_json_lines_of_a_pass_name_mailbox_and_item(store_url: str, tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "reply.eml").write_bytes((SAMPLES / "mail" / "01-reply-quoted-code-qp.eml").read_bytes())
+    cli = SyncdCli({"SYNCD_DATABASE_URL": store_url, "SYNCD_CONFIG": ""})
+    cli("crm", "load", str(SAMPLES / "crm.json"))
+    cli("mailbox", "enroll", MAILBOX, "--backend", "folder", "--path", str(drop))
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonLogFormatter())
+    logger = logging.getLogger("syncd")
+    logger.addHandler(handler)
+    try:
+        cli("sync", "--once")
+    finally:
+        logger.removeHandler(handler)
+
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    [done] = [entry for entry in entries if ": pass done in " in entry["message"]]
+    [filed] = [entry for entry in entries if " filed from " in entry["message"]]
+    assert done["mailbox"] == MAILBOX and "item" not in done
+    assert filed["mailbox"] == MAILBOX and filed["item"].startswith("reply.eml")
