@@ -22,6 +22,7 @@ from oauthlib.oauth2.rfc6749 import errors as oauth
 from syncd.backends.base import Batch, FeedbackRequest, Folder, FolderReport
 from syncd.backends.ews import (
     EwsBackend,
+    ProvidedTokenCredentials,
     make_credentials,
 )
 from syncd.backends.ews_errors import translate_error
@@ -324,6 +325,16 @@ def test_http_401_raises_auth_error(server: FakeEwsServer, backend: EwsBackend, 
     assert SERVICE_PASSWORD not in str(caught.value)
 
 
+def test_http_401_with_basic_auth_sent_once(server: FakeEwsServer, backend: EwsBackend, sync_folder: Folder) -> None:
+    server.fail_next("SyncFolderItems", Fault.HTTP_401)
+    server.clear_requests()
+
+    with pytest.raises(BackendAuthError):
+        drain(backend, sync_folder, None)
+
+    assert [record.operation for record in server.requests] == ["SyncFolderItems"]
+
+
 def test_unknown_mailbox_raises_auth_error(server: FakeEwsServer) -> None:
     backend = EwsBackend(
         "ukjent@example.test",
@@ -585,6 +596,106 @@ def test_oauth_provider_failure_raises_auth_error(server: FakeEwsServer, make_ba
 
     with pytest.raises(BackendAuthError):
         backend.ensure_folders()
+
+
+class InvalidatingTokenProvider(StubTokenProvider):
+    """A StubTokenProvider that records each token passed to `invalidate`, which msal's provider drops from its cache."""
+
+    def __init__(self, *lifetimes: int) -> None:
+        super().__init__(*lifetimes)
+        self.invalidated: list[str] = []
+
+    def invalidate(self, token: str) -> None:
+        self.invalidated.append(token)
+
+
+@pytest.mark.usefixtures("insecure_oauth_transport")
+def test_oauth_rejected_token_replaced_once(
+    server: FakeEwsServer, make_backend: BackendFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider = InvalidatingTokenProvider(3600, 3600)
+    backend = make_backend(credentials=make_credentials("oauth2", token_provider=provider))
+    [report] = backend.ensure_folders()
+    item_id = server.drop(MAILBOX, "CRM-arkiv", norwegian_mail())
+    server.fail_next("SyncFolderItems", Fault.HTTP_401)
+    server.clear_requests()
+
+    with caplog.at_level(logging.WARNING, logger="syncd.ews"):
+        items = [item for batch in drain(backend, report.folder, None) for item in batch.items]
+
+    assert [item.item_id for item in items] == [item_id]
+    assert provider.invalidated == ["token-1"]
+    assert [record.operation for record in server.requests] == ["SyncFolderItems", "SyncFolderItems", "GetItem"]
+    assert server.authorizations == ["Bearer token-1", "Bearer token-2", "Bearer token-2"]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"Mailbox {MAILBOX}: Exchange rejected the access token before its expiry (HTTP 401); "
+        "sending the request again with a new token"
+    ]
+
+
+@pytest.mark.usefixtures("insecure_oauth_transport")
+def test_oauth_token_rejected_twice_raises_auth_error(server: FakeEwsServer, make_backend: BackendFactory) -> None:
+    provider = InvalidatingTokenProvider(3600, 3600)
+    backend = make_backend(credentials=make_credentials("oauth2", token_provider=provider))
+    [report] = backend.ensure_folders()
+    server.fail_next("SyncFolderItems", Fault.HTTP_401, count=2)
+    server.clear_requests()
+
+    with pytest.raises(BackendAuthError, match="access denied") as caught:
+        drain(backend, report.folder, None)
+
+    assert MAILBOX in str(caught.value)
+    assert provider.calls == 2
+    assert [record.operation for record in server.requests] == ["SyncFolderItems", "SyncFolderItems"]
+
+
+@pytest.mark.usefixtures("insecure_oauth_transport", "log_filter")
+def test_oauth_failed_replacement_tried_again(
+    server: FakeEwsServer, make_backend: BackendFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    class UnavailableOnSecondCall(InvalidatingTokenProvider):
+        def __call__(self) -> dict[str, Any]:
+            if self.calls == 1:
+                self.calls += 1
+                raise oauth.TemporarilyUnavailableError(description="AADSTS50196: the server is busy.")
+            return super().__call__()
+
+    provider = UnavailableOnSecondCall(3600, 3600, 3600)
+    backend = make_backend(credentials=make_credentials("oauth2", token_provider=provider))
+    [report] = backend.ensure_folders()
+    server.fail_next("SyncFolderItems", Fault.HTTP_401, count=2)
+    server.clear_requests()
+    caplog.set_level(logging.WARNING)
+
+    with pytest.raises(TransientBackendError):
+        drain(backend, report.folder, None)
+    drain(backend, report.folder, None)
+
+    # The credentials kept the rejected token after the failed token request,
+    # so the next request was rejected once more and got a new token.
+    assert provider.invalidated == ["token-1", "token-1"]
+    assert server.authorizations == ["Bearer token-1", "Bearer token-1", "Bearer token-3"]
+    # exchangelib logs the failed request at ERROR, with its headers and SOAP body.
+    assert any(record.name == "exchangelib.util" and record.levelno == logging.ERROR for record in caplog.records)
+    assert "Bearer token-1" not in caplog.text
+    assert "<s:Envelope" not in caplog.text
+
+
+def test_oauth_replacement_reused_for_same_rejected_token() -> None:
+    # Requests on other pooled sessions can carry the rejected token after one
+    # of them replaced it. They get the replacement, not another new token.
+    provider = InvalidatingTokenProvider(3600, 3600)
+    credentials = make_credentials("oauth2", token_provider=provider)
+    assert isinstance(credentials, ProvidedTokenCredentials)
+    credentials.session_params()
+
+    first = credentials.replace_rejected("token-1")
+    second = credentials.replace_rejected("token-1")
+
+    assert first == ("token-2", True)
+    assert second == ("token-2", False)
+    assert provider.invalidated == ["token-1"]
+    assert credentials.client.access_token == "token-2"
 
 
 # -- error translation ----------------------------------------------------------------

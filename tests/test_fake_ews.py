@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import http.client
+import struct
 from collections.abc import Iterator
 from email.message import EmailMessage
 from email.utils import make_msgid
 
 import exchangelib
 import pytest
+import spnego
 from exchangelib import (
     DELEGATE,
     IMPERSONATION,
@@ -36,7 +39,7 @@ from exchangelib.errors import (
 from exchangelib.items import HARD_DELETE, ID_ONLY, MOVE_TO_DELETED_ITEMS
 from exchangelib.properties import FolderId
 from exchangelib.services import CreateFolder, SyncFolderItems
-from exchangelib.transport import BASIC
+from exchangelib.transport import BASIC, NTLM
 from fakes.ews_server import FakeEwsServer, Fault, RequestRecord
 
 MAILBOX = "kari.nordmann@example.test"
@@ -376,3 +379,120 @@ def test_fault_for_other_operation_waits(server: FakeEwsServer, account: Account
     inbox = account.inbox
 
     assert inbox.name == "Inbox"
+
+
+# -- NTLM ---------------------------------------------------------------------------
+
+NTLM_USER = "EKSEMPEL\\svc-crm"
+NTLM_PASSWORD = "testpassord-æøå"
+
+# NegotiateFlags bits from [MS-NLMP] 2.2.2.5.
+NEGOTIATE_UNICODE = 0x00000001
+NEGOTIATE_EXTENDED_SESSIONSECURITY = 0x00080000
+NEGOTIATE_TARGET_INFO = 0x00800000
+
+
+def make_ntlm_account(server: FakeEwsServer, password: str = NTLM_PASSWORD) -> Account:
+    config = Configuration(
+        service_endpoint=server.url,
+        credentials=Credentials(NTLM_USER, password),
+        auth_type=NTLM,
+        version=Version(build=Build(15, 1, 2507, 6)),
+        retry_policy=FailFast(),
+    )
+    return Account(MAILBOX, config=config, access_type=IMPERSONATION, autodiscover=False, default_timezone=UTC)
+
+
+def ntlm_message_types(authorizations: list[str]) -> list[int]:
+    """Return the NTLM message type of each `Authorization: NTLM` header."""
+    return [int.from_bytes(base64.b64decode(value.removeprefix("NTLM "))[8:12], "little") for value in authorizations]
+
+
+def ntlm_av_ids(target_info: bytes) -> list[int]:
+    """Return the AvId of each AV_PAIR in a target info field, MsvAvEOL included."""
+    ids = []
+    offset = 0
+    while offset + 4 <= len(target_info):
+        av_id, length = struct.unpack_from("<HH", target_info, offset)
+        ids.append(av_id)
+        offset += 4 + length
+    return ids
+
+
+def test_ntlm_handshake_authenticates_connection(server: FakeEwsServer) -> None:
+    server.require_ntlm(NTLM_USER, NTLM_PASSWORD)
+    account = make_ntlm_account(server)
+
+    first = account.root.tois.name
+    second = account.inbox.name
+
+    assert (first, second) == ("Top of Information Store", "Inbox")
+    assert server.ntlm_logons == [NTLM_USER]
+    # Only the first request carries the handshake. The later GetFolder requests carry no header.
+    assert ntlm_message_types(server.authorizations) == [1, 3]
+    assert [record.operation for record in server.requests].count("GetFolder") >= 2
+
+
+def test_ntlm_new_connection_needs_handshake(server: FakeEwsServer) -> None:
+    server.require_ntlm(NTLM_USER, NTLM_PASSWORD)
+    account = make_ntlm_account(server)
+    account.inbox  # noqa: B018 - the property sends GetFolder
+
+    account.protocol.close()
+    account.inbox.refresh()
+
+    assert server.ntlm_logons == [NTLM_USER, NTLM_USER]
+    assert ntlm_message_types(server.authorizations) == [1, 3, 1, 3]
+
+
+def test_ntlm_wrong_password_raises_unauthorized(server: FakeEwsServer) -> None:
+    server.require_ntlm(NTLM_USER, NTLM_PASSWORD)
+    account = make_ntlm_account(server, password="feil-passord")
+
+    with pytest.raises(UnauthorizedError):
+        account.inbox  # noqa: B018 - the property sends GetFolder
+
+    assert server.ntlm_logons == []
+    assert server.requests == []
+    assert ntlm_message_types(server.authorizations) == [1, 3]
+
+
+def test_ntlm_wire_shapes(server: FakeEwsServer) -> None:
+    """One connection, as requests-ntlm drives it: 401, challenge, then a rejected AUTHENTICATE_MESSAGE."""
+    server.require_ntlm(NTLM_USER, NTLM_PASSWORD)
+    client = spnego.client(NTLM_USER, "feil-passord", protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm)
+    host, port = server.url.split("/")[2].split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=5)
+    body = b"<not-read/>"
+
+    def post(authorization: str | None) -> http.client.HTTPResponse:
+        headers = {"Content-Type": "text/xml"} | ({"Authorization": authorization} if authorization else {})
+        connection.request("POST", "/EWS/Exchange.asmx", body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        return response
+
+    anonymous = post(None)
+    negotiate = client.step() or b""
+    challenged = post("NTLM " + base64.b64encode(negotiate).decode())
+    challenge_header = challenged.getheader("WWW-Authenticate") or ""
+    challenge = base64.b64decode(challenge_header.removeprefix("NTLM "))
+    rejected = post("NTLM " + base64.b64encode(client.step(challenge) or b"").decode())
+    connection.close()
+
+    assert (anonymous.status, anonymous.getheader("WWW-Authenticate")) == (401, "NTLM")
+    assert challenged.status == 401
+    assert challenge[:12] == b"NTLMSSP\0\x02\0\0\0"
+    requested = int.from_bytes(negotiate[12:16], "little")
+    granted = int.from_bytes(challenge[20:24], "little")
+    assert requested & NEGOTIATE_UNICODE
+    assert granted & NEGOTIATE_UNICODE
+    assert requested & NEGOTIATE_EXTENDED_SESSIONSECURITY
+    assert granted & NEGOTIATE_EXTENDED_SESSIONSECURITY
+    assert granted & NEGOTIATE_TARGET_INFO
+    assert challenge[24:32] != bytes(8)  # ServerChallenge
+    length, _, offset = struct.unpack_from("<HHI", challenge, 40)
+    av_ids = ntlm_av_ids(challenge[offset:offset + length])
+    assert {1, 2, 7} <= set(av_ids)  # MsvAvNbComputerName, MsvAvNbDomainName, MsvAvTimestamp
+    assert av_ids[-1] == 0  # MsvAvEOL
+    assert (rejected.status, rejected.getheader("WWW-Authenticate")) == (401, "NTLM")

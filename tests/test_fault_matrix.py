@@ -388,14 +388,7 @@ CASES = [
         "token-expired", "ews", _expire_tokens,
         (), fresh_token=True,
     ),
-    pytest.param(
-        Case("token-revoked", "ews", _revoke_tokens, ("token",), fresh_token=True),
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="EWS returns HTTP 401 for a revoked token. exchangelib raises UnauthorizedError, which "
-            "is translated to BackendAuthError, and the backend keeps sending the rejected token",
-        ),
-    ),
+    Case("token-revoked", "ews", _revoke_tokens, ("token",), fresh_token=True),
     Case(
         "sync-state", "ews",
         lambda w: _ews(w).fail_next("SyncFolderItems", EwsFault.INVALID_SYNC_STATE),

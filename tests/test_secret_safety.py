@@ -5,11 +5,8 @@ server reject syncd, so that error paths are logged and stored too. The
 search covers every log record down to DEBUG (those of exchangelib,
 requests-oauthlib, urllib3 and msal included), every CLI output and every
 row of every table. It looks for the password, the client secret, the HTTP
-Basic header and each access token that the token server issued.
-
-NOTE: the fake EWS server never answers with an NTLM challenge, so with
-NTLM requests-ntlm sends no credentials at all, and the NTLM handshake is
-not exercised here; `test_ntlm_sends_nothing_to_fake` pins that limit.
+Basic header, each NTLM AUTHENTICATE_MESSAGE and each access token that the
+token server issued.
 """
 
 from __future__ import annotations
@@ -38,6 +35,7 @@ SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 INGRID = "ingrid.berg@salg.example"
 SERVICE_ACCOUNT = "svc-crm@salg.example"
 SERVICE_PASSWORD = "Sv4rt-hemmelig-æøå-7Q"
+NTLM_ACCOUNT = "SALG\\svc-crm"
 TENANT = "9e4b2c71-3d8a-4f6e-b1c2-7a5d9e0f3b48"
 CLIENT = "1f7c3e9a-5b2d-4a8e-9c6f-3d0b8e2a7c51"
 CLIENT_SECRET = "klient-hemmelighet-æøå-Zx9"
@@ -190,6 +188,9 @@ def test_ews_oauth_leaves_no_secret(
         run("sync", "--once")
         for token in list(token_server.issued_tokens):
             token_server.revoke(token)
+        # The backend retries a revoked token once with a new one. Exchange
+        # rejects that one too, so the pass also ends with an auth error.
+        server.require_bearer(lambda _token: False)
         run("sync", "--once", code=1)
         run("status")
 
@@ -229,16 +230,34 @@ def test_graph_leaves_no_secret(
     )
 
 
-def test_ntlm_sends_nothing_to_fake(store_url: str, tmp_path: Path) -> None:
-    """The fake EWS server sends no NTLM challenge, so requests-ntlm never sends it credentials."""
+def test_ews_ntlm_leaves_no_secret(store_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     run = Syncd(store_url, _settings(tmp_path))
     with FakeEwsServer() as server:
         server.add_mailbox(INGRID)
+        server.require_ntlm(NTLM_ACCOUNT, SERVICE_PASSWORD)
+        run("crm", "load", str(SAMPLES / "crm.json"))
         run("mailbox", "enroll", INGRID, "--backend", "ews", "--endpoint", server.url, "--auth", "ntlm",
-            "--username", "SALG\\svc-crm")
+            "--username", NTLM_ACCOUNT)
         run("mailbox", "check", INGRID)
+        _drop_samples(server)
+        run("sync", "--once")
+        # The password changes on the domain controller, so the next handshake fails.
+        server.require_ntlm(NTLM_ACCOUNT, SERVICE_PASSWORD + "-ny")
+        run("sync", "--once", code=1)
+        run("status")
+        authorizations = list(server.authorizations)
+        logons = list(server.ntlm_logons)
 
-        assert server.authorizations == []
+    # The AUTHENTICATE_MESSAGE (type 3) carries the NTLMv2 response, which an attacker can crack offline.
+    authenticate = {
+        f"NTLM authenticate {number}": value.removeprefix("NTLM ")
+        for number, value in enumerate(a for a in authorizations if a.startswith("NTLM TlRMTVNTUAADAAAA"))
+    }
+    assert logons
+    assert set(logons) == {NTLM_ACCOUNT}
+    assert len(authenticate) > len(logons)
+    assert {"exchangelib", "urllib3", "syncd"} <= _logged_by(caplog)
+    _assert_nowhere({"password": SERVICE_PASSWORD, **authenticate}, _places(run, caplog, store_url))
 
 
 # -- database URLs ---------------------------------------------------------------------------------

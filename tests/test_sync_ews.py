@@ -7,8 +7,9 @@ commands run through the real CLI, on SQLite and on PostgreSQL.
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import exchangelib
 import pytest
 from cli_runner import SyncdCli
 from fakes.ews_server import FakeEwsServer, Fault
+from fakes.token_server import FakeTokenServer
 from sqlalchemy import select
 
 import syncd.backends
@@ -32,6 +34,9 @@ LARS = "lars.ovrebo@salg.example"
 INBOUND = "crm@salg.example"
 SERVICE_PASSWORD = "Sv4rt-hemmelig-æøå"
 SYNC_FOLDER = "CRM-arkiv"
+TENANT = "5d2f8a4c-9b1e-4c7a-8e3d-0f6b2a9c4e71"
+CLIENT = "c8e1f0a2-7d4b-4e9c-a5f3-2b6d9e0c1a84"
+CLIENT_SECRET = "klient-hemmelighet-Tromsø-3"
 
 
 class Syncd(SyncdCli):
@@ -263,3 +268,171 @@ def test_copy_of_queued_mail_tagged_not_filed(server: FakeEwsServer, run: Syncd)
     assert (counts["unmatched"], counts["duplicates"]) == (1, 1)
     categories = [item.categories for item in server.items(INGRID, SYNC_FOLDER)]
     assert categories == [["Ikke arkivert i CRM"], ["Ikke arkivert i CRM"]]
+
+
+# -- OAuth 2.0: access tokens rejected before their expiry -------------------------------
+
+
+@pytest.fixture
+def token_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeTokenServer]:
+    with FakeTokenServer(TENANT) as fake:
+        fake.add_client(CLIENT, secret=CLIENT_SECRET)
+        # requests, and so msal, reads the CA bundle from the environment.
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(fake.ca_bundle))
+        # requests-oauthlib sends tokens only over https unless this is set, and the fake EWS is plain http.
+        monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+        yield fake
+
+
+@pytest.fixture
+def oauth_run(store_url: str, tmp_path: Path, server: FakeEwsServer, token_server: FakeTokenServer) -> SyncdCli:
+    """The CLI with INGRID enrolled with --auth oauth2 and checked, on tokens that last an hour."""
+    config = tmp_path / "settings.toml"
+    config.write_text(
+        "[sync]\nmax_attempts = 2\nmax_backoff_seconds = 1\nbatch_size = 4\n"
+        "[ews]\ntimeout_seconds = 1\n"
+        f'[entra]\nauthority_host = "{token_server.authority_host}"\n'
+    )
+    syncd_cli = SyncdCli({
+        "SYNCD_DATABASE_URL": store_url,
+        "SYNCD_CONFIG": str(config),
+        "SYNCD_SECRET_ENTRA_CLIENT_SECRET": CLIENT_SECRET,
+    })
+    syncd_cli("crm", "load", str(SAMPLES / "crm.json"))
+    server.require_bearer(token_server.is_valid)
+    syncd_cli(
+        "mailbox", "enroll", INGRID, "--backend", "ews", "--endpoint", server.url, "--auth", "oauth2",
+        "--tenant", TENANT, "--client-id", CLIENT,
+    )
+    syncd_cli("mailbox", "check", INGRID)
+    return syncd_cli
+
+
+def _revoking_at_second_page(server: FakeEwsServer, token_server: FakeTokenServer) -> Callable[[str], bool]:
+    """Return a bearer check that revokes every token issued so far when the pass requests its second page."""
+    revoked = False
+
+    def check(token: str) -> bool:
+        nonlocal revoked
+        pages = sum(1 for record in server.requests if record.operation == "SyncFolderItems")
+        if pages == 2 and not revoked:
+            for issued in list(token_server.issued_tokens):
+                token_server.revoke(issued)
+            revoked = True
+        return token_server.is_valid(token)
+
+    return check
+
+
+def _token_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage() for record in caplog.records
+        if record.levelno == logging.WARNING and "access token" in record.getMessage()
+    ]
+
+
+def _assert_no_token_logged(caplog: pytest.LogCaptureFixture, token_server: FakeTokenServer) -> None:
+    assert token_server.issued_tokens
+    for token in token_server.issued_tokens:
+        assert token not in caplog.text
+
+
+def test_revoked_token_replaced_mid_pass(
+    server: FakeEwsServer, token_server: FakeTokenServer, oauth_run: SyncdCli, caplog: pytest.LogCaptureFixture
+) -> None:
+    _drop_samples(server, INGRID)
+    server.clear_requests()
+    server.require_bearer(_revoking_at_second_page(server, token_server))
+    token_requests = len(token_server.token_requests)
+
+    counts = oauth_run.json("sync", "--once")
+    again = oauth_run.json("sync", "--once")
+
+    assert _token_warnings(caplog) == [
+        f"Mailbox {INGRID}: Exchange rejected the access token before its expiry (HTTP 401); "
+        "sending the request again with a new token"
+    ]
+    # msal would serve the revoked token from its cache for most of an hour,
+    # so the second token shows that the backend made msal drop it.
+    assert len(token_server.token_requests) == token_requests + 1
+    outcomes = [entry["outcome"] for entry in EXPECTED.values()]
+    assert counts["seen"] == len(EXPECTED)
+    assert counts["failed"] == 0
+    assert counts["filed"] == outcomes.count("filed")
+    assert counts["unmatched"] == outcomes.count("unmatched")
+    assert again["seen"] == 0
+    assert len(oauth_run.json("correspondence", "list")) == outcomes.count("filed")
+    assert len(oauth_run.json("unmatched", "list")) == outcomes.count("unmatched")
+    # Each item carries exactly one category, so no feedback was written twice.
+    assert all(len(item.categories) == 1 for item in server.items(INGRID, SYNC_FOLDER))
+    [status] = oauth_run.json("status")
+    assert status["state"] == "ok"
+    _assert_no_token_logged(caplog, token_server)
+
+
+def test_token_rejected_twice_marks_mailbox_failing(
+    server: FakeEwsServer, token_server: FakeTokenServer, oauth_run: SyncdCli, caplog: pytest.LogCaptureFixture
+) -> None:
+    _drop_samples(server, INGRID)
+    server.require_bearer(lambda _token: False)
+    token_requests = len(token_server.token_requests)
+
+    result = oauth_run("sync", "--once", "--json", code=1)
+
+    assert f"Error: mailbox {INGRID}:" in result.stderr
+    assert "access denied (UnauthorizedError" in result.stderr
+    assert len(_token_warnings(caplog)) == 1
+    assert len(token_server.token_requests) == token_requests + 1
+    [status] = oauth_run.json("status")
+    assert status["state"] == "failing"
+    assert "access denied" in status["last_error"]
+    _assert_no_token_logged(caplog, token_server)
+
+    # Once Exchange accepts the app's tokens again, the next pass files everything.
+    server.require_bearer(token_server.is_valid)
+    counts = oauth_run.json("sync", "--once")
+
+    assert counts["seen"] == len(EXPECTED)
+    [status] = oauth_run.json("status")
+    assert status["state"] == "ok"
+
+
+# -- NTLM ---------------------------------------------------------------------------
+
+NTLM_ACCOUNT = "SALG\\svc-crm"
+
+
+def test_ntlm_samples_filed_with_categories(server: FakeEwsServer, run: Syncd) -> None:
+    server.require_ntlm(NTLM_ACCOUNT, SERVICE_PASSWORD)
+    run("mailbox", "enroll", INGRID, "--backend", "ews", "--endpoint", server.url, "--auth", "ntlm",
+        "--username", NTLM_ACCOUNT)
+    run("mailbox", "check", INGRID)
+    _drop_samples(server, INGRID)
+
+    counts = run.json("sync", "--once")
+
+    outcomes = [entry["outcome"] for entry in EXPECTED.values()]
+    assert counts["seen"] == len(EXPECTED)
+    assert counts["failed"] == 0
+    assert counts["filed"] == outcomes.count("filed")
+    assert counts["unmatched"] == outcomes.count("unmatched")
+    categories = sorted(tuple(item.categories) for item in server.items(INGRID, SYNC_FOLDER))
+    filed = outcomes.count("filed") + outcomes.count("duplicate")
+    assert categories.count(("Arkivert i CRM",)) == filed
+    assert categories.count(("Ikke arkivert i CRM",)) == outcomes.count("unmatched")
+    # check and sync each open their own connections, and each connection logs on once.
+    assert server.ntlm_logons
+    assert set(server.ntlm_logons) == {NTLM_ACCOUNT}
+    assert len(server.ntlm_logons) < len(server.requests)
+
+
+def test_ntlm_wrong_password_check_fails(server: FakeEwsServer, run: Syncd) -> None:
+    server.require_ntlm(NTLM_ACCOUNT, SERVICE_PASSWORD + "-ny")
+    run("mailbox", "enroll", INGRID, "--backend", "ews", "--endpoint", server.url, "--auth", "ntlm",
+        "--username", NTLM_ACCOUNT)
+
+    result = run("mailbox", "check", INGRID, code=1)
+
+    assert result.stderr.startswith(f"Error: EWS folder lookup for mailbox {INGRID} failed: access denied")
+    assert "check the service account's credentials" in result.stderr
+    assert server.ntlm_logons == []

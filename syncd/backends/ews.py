@@ -5,7 +5,9 @@ object and one exchangelib `Configuration` for its lifetime. It never retries:
 the sync loop retries `TransientBackendError` and reads its `retry_after`.
 
 The module also provides the credentials factory (`make_credentials`, with an
-msal-backed OAuth 2.0 path). `syncd.redact` keeps exchangelib's and
+msal-backed OAuth 2.0 path). With OAuth 2.0, a request that Exchange rejects
+with HTTP 401 is sent once more with a new access token (`RejectedTokenRetry`).
+`syncd.redact` keeps exchangelib's and
 requests-oauthlib's tokens, passwords and SOAP bodies out of syncd's logs.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
@@ -93,7 +96,12 @@ CATEGORY_WRITE_ROUNDS = 2
 # -- credentials -------------------------------------------------------------------
 
 TokenProvider = Callable[[], Mapping[str, Any]]
-"""Returns an msal-style token result: access_token, token_type and expires_in (seconds)."""
+"""Returns an msal-style token result: access_token, token_type and expires_in (seconds).
+
+A provider that caches tokens, such as `syncd.auth.MsalTokenProvider`, may
+also have an `invalidate(token)` method, which drops a rejected token from
+its cache.
+"""
 
 
 class BasicCredentials(Credentials):
@@ -145,6 +153,36 @@ class ProvidedTokenCredentials(OAuth2AuthorizationCodeCredentials):
         with self.lock:
             self.access_token = self._new_token()
 
+    def replace_rejected(self, rejected: str) -> tuple[str, bool]:
+        """Return the access token to use in place of `rejected`, and whether it was requested just now.
+
+        When another thread has already replaced `rejected` with a token that
+        has not expired, that token is returned. Otherwise the provider drops
+        `rejected` from its cache, which msal would serve until 5 minutes
+        before its expiry, and a new token is requested. When that request
+        fails, the error is raised and the credentials keep `rejected`, so
+        the next request is rejected and tries again.
+        """
+        with self.lock:
+            current = self.access_token
+            if (
+                current is not None
+                and current.get("access_token") != rejected
+                and current.get("expires_at", 0) > time.time()
+            ):
+                return str(current["access_token"]), False
+            invalidate = getattr(self.token_provider, "invalidate", None)
+            if invalidate is not None:
+                invalidate(rejected)
+            fresh = self._new_token()
+            self.access_token = fresh
+            # Every session of these credentials adds its token through this
+            # one oauthlib client, so the sessions already in the pool send
+            # the new token from their next request on.
+            self.client.token = fresh
+            self.client.populate_token_attributes(fresh)
+            return str(fresh["access_token"]), True
+
     def _new_token(self) -> OAuth2Token:
         result = self.token_provider()
         access_token = result.get("access_token")
@@ -167,6 +205,80 @@ class ProvidedTokenCredentials(OAuth2AuthorizationCodeCredentials):
                 "expires_at": time.time() + lifetime,
             }
         )
+
+
+class RejectedTokenRetry:
+    """A requests response hook that sends a request rejected with HTTP 401 once more, with a new access token.
+
+    Exchange rejects an access token before its expiry when the app's
+    consent, role assignment or sessions are revoked. Without this hook the
+    credentials would keep sending that token until it expires. Exchange
+    checks the token before it runs the request, so sending the request
+    again cannot apply it twice. A 401 to the second request is returned
+    unchanged, and exchangelib raises UnauthorizedError for it.
+
+    One hook serves one session, and the session's pool serves every
+    mailbox of the service account, so the mailbox comes from the request's
+    X-AnchorMailbox header.
+    """
+
+    def __init__(self, session: requests.Session, credentials: ProvidedTokenCredentials) -> None:
+        self._session = session
+        self._credentials = credentials
+        # The second request runs this hook again in the same thread, where it must pass the response on.
+        self._sending_again = threading.local()
+
+    def __call__(self, response: requests.Response, **send_kwargs: Any) -> requests.Response | None:
+        if response.status_code != 401 or getattr(self._sending_again, "active", False):
+            return None
+        rejected = _bearer_token(_header(response.request, "Authorization"))
+        if rejected is None:
+            return None
+        mailbox = _header(response.request, "X-AnchorMailbox")
+        subject = f"Mailbox {mailbox}" if mailbox else f"EWS endpoint {response.url}"
+        # Reading the body hands the connection back to the pool, also when
+        # the token request below fails.
+        _ = response.content
+        response.close()
+
+        # A failed token request is raised through exchangelib, which logs it
+        # at ERROR with the request's headers and SOAP body. The filter in
+        # syncd.redact removes the token and the body from that record.
+        token, requested = self._credentials.replace_rejected(rejected)
+        if requested:
+            log.warning(
+                "%s: Exchange rejected the access token before its expiry (HTTP 401); "
+                "sending the request again with a new token",
+                subject,
+            )
+        else:
+            log.debug(
+                "%s: Exchange rejected an access token that was already replaced; sending the request again",
+                subject,
+            )
+
+        again = response.request.copy()
+        again.headers["Authorization"] = f"Bearer {token}"
+        self._sending_again.active = True
+        try:
+            answer = self._session.send(again, allow_redirects=False, **send_kwargs)
+        finally:
+            self._sending_again.active = False
+        answer.history.insert(0, response)
+        return answer
+
+
+def _header(request: requests.PreparedRequest, name: str) -> str | None:
+    """Return a request header as text; requests allows header values as bytes too."""
+    value = request.headers.get(name)
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _bearer_token(authorization: str | None) -> str | None:
+    """Return the token of an `Authorization: Bearer` header value, or None for any other value."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
 
 
 def make_credentials(
@@ -264,11 +376,19 @@ class ConflictReportingUpdateItem(UpdateItem):
 
 
 class CountingProtocol(Protocol):
-    """exchangelib's Protocol, with each HTTP response counted in the metrics of the mailbox it served."""
+    """exchangelib's Protocol, with each HTTP response counted in the metrics of the mailbox it served.
+
+    Sessions of OAuth 2.0 credentials from a token provider also send a
+    request that Exchange rejects with HTTP 401 once more, with a new token.
+    """
 
     def create_session(self) -> Any:
         session = super().create_session()
         session.hooks["response"].append(metrics.request_counter("ews"))
+        # The retry hook comes last, so the counter above counts the
+        # rejected response and the second one, each once.
+        if isinstance(self.credentials, ProvidedTokenCredentials):
+            session.hooks["response"].append(RejectedTokenRetry(session, self.credentials))
         return session
 
 

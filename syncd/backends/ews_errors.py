@@ -8,8 +8,10 @@ mailbox and the action, never a secret, and is raised `from` the original.
     TransientBackendError   throttling (ErrorServerBusy, also HTTP 429 and 503),
                             time-outs and dropped connections, store or mailbox
                             moves in progress, expired OAuth tokens
-    BackendAuthError        HTTP 401, access or impersonation denied, unknown
-                            mailbox, rejected OAuth client or grant
+    BackendAuthError        HTTP 401 (with OAuth 2.0, a 401 to the request that
+                            the backend sent again with a new token), access or
+                            impersonation denied, unknown mailbox, rejected
+                            OAuth client or grant
     PermanentBackendError   every other exchangelib error
 """
 

@@ -14,6 +14,10 @@ UpdateItem (categories and subject; NeverOverwrite refuses a stale ChangeKey),
 MoveItem and DeleteItem. Anything else is
 answered with a SOAP fault that names the unsupported operation, so a test
 never passes against a silently ignored request.
+
+Authentication is off unless a test turns it on. `require_bearer` checks
+OAuth 2.0 tokens per request, and `require_ntlm` makes every connection
+complete an NTLM handshake (fakes/ntlm.py) before its requests are served.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from datetime import UTC, datetime
 from email import policy
 from email.parser import BytesHeaderParser
 from typing import NamedTuple
+
+from fakes import ntlm
 
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 MESSAGES_NS = "http://schemas.microsoft.com/exchange/services/2006/messages"
@@ -204,6 +210,11 @@ class FakeEwsServer:
         self.bodies: list[bytes] = []
         self.record_bodies = False
         self._bearer_checker: Callable[[str], bool] | None = None
+        self._ntlm_accounts: list[ntlm.NtlmAccount] = []
+        #: The names that the server sends in the target info of its NTLM challenges.
+        self.ntlm_identity = ntlm.ServerIdentity()
+        #: The account ("DOMAIN\\user") of every NTLM handshake that succeeded, in order.
+        self.ntlm_logons: list[str] = []
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -362,16 +373,41 @@ class FakeEwsServer:
         with self._lock:
             self._bearer_checker = token_checker
 
+    def require_ntlm(self, username: str, password: str) -> None:
+        """Serve only connections that authenticated with NTLMv2 as one of the accounts added here.
+
+        `username` is "DOMAIN\\user" or a UPN, as syncd's --username takes it.
+        A connection without a logon gets HTTP 401 with `WWW-Authenticate: NTLM`,
+        a NEGOTIATE_MESSAGE gets 401 with the CHALLENGE_MESSAGE, and an
+        AUTHENTICATE_MESSAGE with the right password lets its request through.
+        Later requests on that connection need no Authorization header. A wrong
+        password gets a 401 without a challenge. Handshake requests that the
+        server stops are recorded in `authorizations`, not in `requests`.
+
+        Calling it again for the same account changes its password, as a reset
+        on the domain controller does. Connections that authenticated before
+        stay authenticated, as they do on Exchange.
+        """
+        account = ntlm.NtlmAccount.parse(username, password)
+        with self._lock:
+            self._ntlm_accounts = [a for a in self._ntlm_accounts if not a.same_account(account)]
+            self._ntlm_accounts.append(account)
+
     def clear_requests(self) -> None:
         """Forget the request log, so a test can assert on what follows."""
         with self._lock:
             self.requests.clear()
             self.authorizations.clear()
             self.bodies.clear()
+            self.ntlm_logons.clear()
 
     # -- request handling ----------------------------------------------------------
 
     def _handle(self, handler: _Handler, body: bytes) -> None:
+        with self._lock:
+            accounts = list(self._ntlm_accounts)
+        if accounts and not self._authenticate_ntlm(handler, accounts):
+            return
         try:
             envelope = ET.fromstring(body)
         except ET.ParseError as exc:
@@ -421,6 +457,48 @@ class FakeEwsServer:
                         return value.strip().lower()
         anchor = handler.headers.get("X-AnchorMailbox")
         return anchor.strip().lower() if anchor else None
+
+    def _authenticate_ntlm(self, handler: _Handler, accounts: list[ntlm.NtlmAccount]) -> bool:
+        """Take one step of the NTLM handshake on the handler's connection, and return True to serve the request."""
+        connection = handler.ntlm_connection
+        authorization = handler.headers.get("Authorization") or ""
+        scheme, _, encoded = authorization.partition(" ")
+        if scheme.lower() != "ntlm" or not encoded.strip():
+            if connection.account is not None:
+                return True
+            self._record_stopped(authorization)
+            handler.send_plain(401, "Unauthorized", {"WWW-Authenticate": "NTLM"})
+            return False
+
+        try:
+            token = base64.b64decode(encoded.strip(), validate=True)
+            if ntlm.message_type(token) == ntlm.MessageType.NEGOTIATE:
+                challenge = connection.challenge_for(ntlm.parse_negotiate(token), self.ntlm_identity)
+                self._record_stopped(authorization)
+                handler.send_plain(
+                    401, "Unauthorized", {"WWW-Authenticate": f"NTLM {base64.b64encode(challenge).decode()}"}
+                )
+                return False
+            message = ntlm.parse_authenticate(token)
+        except (binascii.Error, ntlm.NtlmError) as exc:
+            connection.reset()
+            self._record_stopped(authorization)
+            handler.send_plain(400, f"invalid NTLM token: {exc}")
+            return False
+
+        if connection.authenticate(message, accounts) is None:
+            self._record_stopped(authorization)
+            # The reply carries no new challenge, so the client has to start over with a NEGOTIATE_MESSAGE.
+            handler.send_plain(401, "Unauthorized", {"WWW-Authenticate": "NTLM"})
+            return False
+        with self._lock:
+            self.ntlm_logons.append(f"{message.domain}\\{message.user}")
+        return True
+
+    def _record_stopped(self, authorization: str) -> None:
+        if authorization:
+            with self._lock:
+                self.authorizations.append(authorization)
 
     def _take_fault(self, operation: str) -> _PendingFault | None:
         for pending in self._faults:
@@ -1052,6 +1130,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     # waits for the client's delayed ACK, about 40 ms per request.
     disable_nagle_algorithm = True
     fake: FakeEwsServer
+    #: The NTLM state of this connection; the server makes one handler per connection.
+    ntlm_connection: ntlm.NtlmConnection
+
+    def setup(self) -> None:
+        super().setup()
+        self.ntlm_connection = ntlm.NtlmConnection()
 
     def do_POST(self) -> None:  # noqa: N802 - name fixed by BaseHTTPRequestHandler
         length = int(self.headers.get("Content-Length") or 0)
