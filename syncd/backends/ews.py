@@ -65,6 +65,7 @@ from syncd.backends.base import (
     Item,
     check_categories,
 )
+from syncd.backends.tagging import Known, plan_writes, wanted_categories, write_in_rounds
 from syncd.backends.ews_errors import ews_errors
 from syncd.backends.throttling import retry_after_seconds
 from syncd.errors import BackendError, ConfigError
@@ -86,12 +87,6 @@ POST_ACTIONS = ("keep", "move", "delete")
 #: Fields read per new item: the MIME bytes, the Message-ID for log lines, and
 #: the categories that feedback appends to without reading them again.
 MIME_FIELDS = ("mime_content", "message_id", "categories")
-
-#: Rounds of reading and writing an item's categories. A round follows another
-#: when another client changed the item in between. After the last round the
-#: item waits for a later pass.
-CATEGORY_WRITE_ROUNDS = 2
-
 
 # -- credentials -------------------------------------------------------------------
 
@@ -480,7 +475,7 @@ class EwsBackend:
         self._batch_size = batch_size
         self._processed_folders: dict[str, ExchangeFolder] = {}
         #: Change key and categories per item of the last fetched batch, until its feedback.
-        self._read_categories: dict[str, tuple[str | None, list[str]]] = {}
+        self._read_categories: Known = {}
 
         self._config = Configuration(
             service_endpoint=endpoint,
@@ -671,19 +666,15 @@ class EwsBackend:
         Exchange refuses the write with ErrorIrresolvableConflict instead of
         replacing the user's categories, and the item is read and written again.
         """
-        wanted = {
-            item_id: list(dict.fromkeys(self._categories[r.outcome] for r in requests if r.outcome in self._categories))
-            for item_id, requests in by_item.items()
-        }
+        wanted = wanted_categories(by_item, self._categories)
         vanished: list[str] = []
         tagged = [item_id for item_id, names in wanted.items() if not names]
-        pending = [item_id for item_id, names in wanted.items() if names]
-        for _ in range(CATEGORY_WRITE_ROUNDS):
-            if not pending:
-                break
-            known = {i: self._read_categories.pop(i) for i in pending if i in self._read_categories}
-            known.update(self._read_item_categories([i for i in pending if i not in known], vanished))
-            pending = self._write_categories(known, wanted, vanished, tagged)
+        pending = write_in_rounds(
+            [item_id for item_id, names in wanted.items() if names],
+            self._read_categories,
+            lambda item_ids: self._read_item_categories(item_ids, vanished),
+            lambda known: self._write_categories(known, wanted, vanished, tagged),
+        )
         for item_id in pending:
             log.warning(
                 "Mailbox %s: item %s changed while its categories were written; it is tried again on a later pass",
@@ -691,9 +682,7 @@ class EwsBackend:
             )
         return vanished, tagged
 
-    def _read_item_categories(
-        self, item_ids: list[str], vanished: list[str]
-    ) -> dict[str, tuple[str | None, list[str]]]:
+    def _read_item_categories(self, item_ids: list[str], vanished: list[str]) -> Known:
         """Return the change key and categories of each readable item."""
         if not item_ids:
             return {}
@@ -705,28 +694,22 @@ class EwsBackend:
                     chunk_size=self._batch_size,
                 )
             )
-        read: dict[str, tuple[str | None, list[str]]] = {}
+        read: Known = {}
         for item_id, result in zip(item_ids, results, strict=True):
             if not self._settled_by_error(item_id, result, "reading categories", vanished):
                 read[item_id] = (result.changekey, list(result.categories or []))
         return read
 
     def _write_categories(
-        self,
-        known: dict[str, tuple[str | None, list[str]]],
-        wanted: dict[str, list[str]],
-        vanished: list[str],
-        tagged: list[str],
+        self, known: Known, wanted: dict[str, list[str]], vanished: list[str], tagged: list[str]
     ) -> list[str]:
         """Append the missing categories to the known ones; return the ids that another client changed first."""
-        updates: list[tuple[str, Message]] = []
-        for item_id, (changekey, existing) in known.items():
-            missing = [name for name in wanted[item_id] if name not in existing]
-            if not missing:
-                tagged.append(item_id)
-                continue
-            item = Message(account=self._account, id=item_id, changekey=changekey, categories=existing + missing)
-            updates.append((item_id, item))
+        updates = [
+            (write.item_id, Message(
+                account=self._account, id=write.item_id, changekey=write.version, categories=write.categories
+            ))
+            for write in plan_writes(known, wanted, tagged)
+        ]
         if not updates:
             return []
 

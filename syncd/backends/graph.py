@@ -36,6 +36,7 @@ from syncd.backends.base import (
     Item,
     check_categories,
 )
+from syncd.backends.tagging import Known, plan_writes, wanted_categories, write_in_rounds
 from syncd.backends.graph_errors import (
     THROTTLING_STATUSES,
     describe_failure,
@@ -86,11 +87,6 @@ TOKEN_EXPIRY_MARGIN = 60
 
 #: Item ids per folder that the backend remembers having tagged, to skip their category updates.
 MAX_REMEMBERED_TAGS = 10_000
-
-#: Rounds of reading and writing a message's categories. A round follows another
-#: when another client changed the message in between. After the last round the
-#: message waits for a later pass.
-CATEGORY_WRITE_ROUNDS = 2
 
 POST_ACTIONS = ("keep", "move", "delete")
 
@@ -267,7 +263,7 @@ class GraphBackend:
         self._processed_folders: dict[str, str] = {}
         self._tagged: OrderedDict[tuple[str, str], None] = OrderedDict()
         #: Entity tag and categories per message of the last fetched delta page, until its feedback.
-        self._read_categories: dict[str, tuple[str | None, list[str]]] = {}
+        self._read_categories: Known = {}
         self._warned_undecodable = False
 
         self._owns_session = session is None
@@ -520,19 +516,15 @@ class GraphBackend:
         since, Graph returns 412 instead of replacing the user's categories,
         and the message is read and written again.
         """
-        wanted = {
-            item_id: list(dict.fromkeys(self._categories[r.outcome] for r in requests if r.outcome in self._categories))
-            for item_id, requests in by_item.items()
-        }
-        tagged = [item_id for item_id, names in wanted.items() if not names]
-        pending = [item_id for item_id, names in wanted.items() if names]
+        wanted = wanted_categories(by_item, self._categories)
         vanished: list[str] = []
-        for _ in range(CATEGORY_WRITE_ROUNDS):
-            if not pending:
-                break
-            known = {i: self._read_categories.pop(i) for i in pending if i in self._read_categories}
-            known.update(self._read_message_categories([i for i in pending if i not in known], vanished))
-            pending = self._write_categories(known, wanted, vanished, tagged)
+        tagged = [item_id for item_id, names in wanted.items() if not names]
+        pending = write_in_rounds(
+            [item_id for item_id, names in wanted.items() if names],
+            self._read_categories,
+            lambda item_ids: self._read_message_categories(item_ids, vanished),
+            lambda known: self._write_categories(known, wanted, vanished, tagged),
+        )
         for item_id in pending:
             log.warning(
                 "Mailbox %s: message %s changed while its categories were written; it is tried again on a later pass",
@@ -543,36 +535,24 @@ class GraphBackend:
             self._remember_tagged(by_item[item_id][0].folder_key, item_id)
         return vanished, tagged
 
-    def _read_message_categories(
-        self, item_ids: list[str], vanished: list[str]
-    ) -> dict[str, tuple[str | None, list[str]]]:
+    def _read_message_categories(self, item_ids: list[str], vanished: list[str]) -> Known:
         """Return the entity tag and categories of each readable message."""
         if not item_ids:
             return {}
         reads = self._run_batch(
             [SubRequest("GET", f"{self._message_path(i)}?$select=categories") for i in item_ids], action="category read"
         )
-        read: dict[str, tuple[str | None, list[str]]] = {}
+        read: Known = {}
         for item_id, response in zip(item_ids, reads, strict=True):
             if not self._settled_by_failure(item_id, response, "reading categories", vanished):
                 read[item_id] = _categories_of(response.body if isinstance(response.body, dict) else {})
         return read
 
     def _write_categories(
-        self,
-        known: dict[str, tuple[str | None, list[str]]],
-        wanted: dict[str, list[str]],
-        vanished: list[str],
-        tagged: list[str],
+        self, known: Known, wanted: dict[str, list[str]], vanished: list[str], tagged: list[str]
     ) -> list[str]:
         """Append the missing categories to the known ones; return the ids that another client changed first."""
-        updates: list[tuple[str, str | None, list[str]]] = []
-        for item_id, (etag, existing) in known.items():
-            missing = [name for name in wanted[item_id] if name not in existing]
-            if missing:
-                updates.append((item_id, etag, existing + missing))
-            else:
-                tagged.append(item_id)
+        updates = plan_writes(known, wanted, tagged)
         if not updates:
             return []
 
@@ -582,13 +562,13 @@ class GraphBackend:
         # the delta page was read is replaced by this write.
         writes = self._run_batch(
             [
-                SubRequest("PATCH", self._message_path(i), {"categories": names}, if_match=etag)
-                for i, etag, names in updates
+                SubRequest("PATCH", self._message_path(w.item_id), {"categories": w.categories}, if_match=w.version)
+                for w in updates
             ],
             action="category write",
         )
         conflicted: list[str] = []
-        for (item_id, _, _), response in zip(updates, writes, strict=True):
+        for item_id, response in zip((w.item_id for w in updates), writes, strict=True):
             if response.status == 412:
                 log.info(
                     "Mailbox %s: message %s changed since its categories were read; reading them again",
