@@ -47,7 +47,8 @@ def sync_once(app: App, once: bool, address: str | None, as_json: bool) -> None:
     for mailbox in mailboxes:
         claim = leases.acquire(mailbox.address)
         if not claim.held:
-            warn(f"mailbox {mailbox.address} is being synced by node {claim.owner}; skipped")
+            until = f" until {claim.expires_at:%H:%M:%S} UTC" if claim.expires_at else ""
+            warn(f"mailbox {mailbox.address} is being synced by node {claim.owner}{until}; skipped")
             continue
         backend = open_backend(mailbox, app.settings)
         try:
