@@ -311,7 +311,11 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
     error = exc.errors()[0]
     dotted = ".".join(str(part) for part in error["loc"])
     variable = "SYNCD_" + "__".join(str(part) for part in error["loc"]).upper()
-    where = f" in {str(path)!r}" if path else ""
+    # The environment wins over the file, so a bad value there is the one read.
+    if variable in os.environ:
+        where = f" from the environment variable {variable}"
+    else:
+        where = f" in {str(path)!r}" if path else ""
     value = error.get("input")
     if dotted == "database_url" and isinstance(value, str):
         # The URL did not parse, so SQLAlchemy cannot mask it.
@@ -319,5 +323,5 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
             value = pattern.sub(r"\1***\2", value)
     return (
         f"invalid setting {dotted} = {value!r}{where}: {error['msg']} "
-        f"(set it in the settings file or with {variable})"
+        f"(correct it in the settings file or with {variable})"
     )

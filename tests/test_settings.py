@@ -101,3 +101,17 @@ def test_unknown_time_zone_rejected(tmp_path: Path) -> None:
     config.write_text('local_timezone = "Europe/Bergen"\n')
     with pytest.raises(ConfigError, match="invalid setting local_timezone = 'Europe/Bergen'"):
         load_settings(str(config))
+
+
+def test_invalid_value_from_environment_blames_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text("[sync]\nlease_seconds = 60\n")
+    monkeypatch.setenv("SYNCD_SYNC__LEASE_SECONDS", "abc")
+
+    with pytest.raises(ConfigError) as error:
+        load_settings(str(config))
+
+    message = str(error.value)
+    assert message.startswith("invalid setting sync.lease_seconds = 'abc' from the environment variable ")
+    assert "SYNCD_SYNC__LEASE_SECONDS" in message
+    assert str(config) not in message
