@@ -85,7 +85,7 @@ class Daemon:
             name="pick up enrolment changes", max_instances=1, coalesce=True,
         )
         log.info(
-            "syncd started as node %s: database %s, %d mailboxes scheduled",
+            "syncd started as node %s: database %s, mailboxes scheduled: %d",
             self.leases.node_id, db.masked_url(self.settings.resolved_database_url()), len(self._mailbox_jobs()),
         )
         notify("READY=1", f"STATUS={self._status_line()}")
@@ -179,6 +179,8 @@ class Daemon:
         job = self.scheduler.get_job(JOB_PREFIX + address)
         # A little jitter, so that the surviving nodes do not all race at once.
         when = expires_at + timedelta(seconds=random.uniform(0.1, 1.0))
+        if when <= datetime.now(UTC):
+            return
         if job is not None and job.next_run_time is not None and when < job.next_run_time:
             job.modify(next_run_time=when)
 

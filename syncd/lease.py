@@ -10,8 +10,8 @@ out after `sync.lease_seconds`; the other nodes then take its mailboxes. A
 node on the same host whose process is gone is known dead at once.
 
 Each node holds at most its fair share of the enabled mailboxes (the count
-divided by the live nodes, rounded up) and hands back the rest, so the
-mailboxes spread out when nodes join.
+divided by the live nodes, the remainder one each to the first nodes) and
+hands back the rest, so the mailboxes spread out when nodes join.
 
 SQLite has no server to coordinate through, so a SQLite store accepts one
 node and refuses a second with a message saying so.
@@ -51,10 +51,11 @@ class LeaseLostError(SyncdError):
 
 @dataclass(frozen=True)
 class Claim:
-    """The answer to a lease request.
+    """The outcome of a lease request.
 
     When `held` is false, `owner` and `expires_at` name the node that holds
-    the mailbox, or are None when this node is at its fair share.
+    the mailbox and when its lease runs out; both are None when the mailbox
+    is free and this node is at its fair share.
     """
 
     held: bool
@@ -126,7 +127,7 @@ class Leases:
                 session.execute(
                     update(Mailbox).where(Mailbox.lease_node.in_(dead)).values(lease_node=None, lease_expires_at=None)
                 )
-                log.info("removed %d stopped nodes and their leases: %s", len(dead), ", ".join(dead))
+                log.info("stopped nodes removed with their leases: %s", ", ".join(dead))
             others = [node for node in nodes if node.id not in dead]
             if self.single_node and others:
                 other = others[0]
@@ -140,7 +141,7 @@ class Leases:
     def leave(self) -> None:
         """Hand back every lease and unregister, so other nodes take over at once."""
         for address in sorted(self.held):
-            log.info("mailbox %s: lease released by node %s", address, self.node_id)
+            log.info("mailbox %s: lease released by node %s", address, self.node_id, extra={"mailbox": address})
         with self.sessions() as session, session.begin():
             session.execute(
                 update(Mailbox)
@@ -148,13 +149,17 @@ class Leases:
                 .values(lease_node=None, lease_expires_at=None)
             )
             session.execute(delete(SyncNode).where(SyncNode.id == self.node_id))
-        log.info("node %s left; released %d mailboxes", self.node_id, len(self.held))
+        log.info("node %s left; mailboxes released: %d", self.node_id, len(self.held))
         self.held.clear()
 
     def acquire(self, address: str) -> Claim:
-        """Take or renew the lease on mailbox `address` unless this node is at its fair share."""
+        """Take or renew the lease on mailbox `address` unless this node is at its fair share.
+
+        A refused claim names the holder, so that the caller can come back
+        when its lease runs out; a dead holder also leaves its share free.
+        """
         if self.balance and address not in self.held and len(self.held) >= self.fair_share():
-            return Claim(held=False)
+            return self._holder(address)
 
         now = self.clock()
         with self.sessions() as session, session.begin():
@@ -171,20 +176,15 @@ class Leases:
                 )
                 .values(lease_node=self.node_id, lease_expires_at=now + self.lease),
             )
-            if not taken:
-                row = session.execute(
-                    select(Mailbox.lease_node, Mailbox.lease_expires_at).where(Mailbox.address == address)
-                ).first()
-        if taken:
-            with self._lock:
-                if address not in self.held:
-                    log.info("mailbox %s: lease taken by node %s", address, self.node_id)
-                self.held.add(address)
-            return Claim(held=True, owner=self.node_id, expires_at=now + self.lease)
+        if not taken:
+            self._forget(address)
+            return self._holder(address)
 
-        self._forget(address)
-        owner, expires_at = row if row is not None else (None, None)
-        return Claim(held=False, owner=owner, expires_at=expires_at)
+        with self._lock:
+            if address not in self.held:
+                log.info("mailbox %s: lease taken by node %s", address, self.node_id, extra={"mailbox": address})
+            self.held.add(address)
+        return Claim(held=True, owner=self.node_id, expires_at=now + self.lease)
 
     def renew(self, address: str) -> None:
         """Extend the lease on `address`; raise LeaseLostError when another node has it."""
@@ -205,7 +205,7 @@ class Leases:
         if not chosen:
             return
         for address in chosen:
-            log.info("mailbox %s: lease released by node %s", address, self.node_id)
+            log.info("mailbox %s: lease released by node %s", address, self.node_id, extra={"mailbox": address})
         with self.sessions() as session, session.begin():
             session.execute(
                 update(Mailbox)
@@ -246,7 +246,7 @@ class Leases:
         found = {address for address, _ in rows}
         with self._lock:
             for address in sorted(before - found):
-                log.warning("mailbox %s: lease lost to another node", address)
+                log.warning("mailbox %s: lease lost to another node", address, extra={"mailbox": address})
             self.held = (self.held - before) | found
             held = set(self.held)
 
@@ -256,21 +256,37 @@ class Leases:
         self.release(disabled | set(spare[:max(excess, 0)]))
 
     def fair_share(self) -> int:
-        """Return how many mailboxes this node may hold: enabled mailboxes over live nodes, rounded up."""
+        """Return how many mailboxes this node may hold.
+
+        The enabled mailboxes are divided among the live nodes; the remainder
+        goes one each to the first nodes in id order, so that 4 mailboxes on
+        3 nodes split 2, 1, 1 rather than 2, 2, 0.
+        """
         now = self.clock()
         with self.sessions() as session:
             mailboxes = session.scalar(select(func.count()).select_from(Mailbox).where(Mailbox.enabled.is_(True))) or 0
-            nodes = session.scalar(
-                select(func.count()).select_from(SyncNode).where(
-                    or_(SyncNode.id == self.node_id, SyncNode.seen_at >= now - self.lease)
+            nodes = sorted(
+                session.scalars(
+                    select(SyncNode.id).where(or_(SyncNode.id == self.node_id, SyncNode.seen_at >= now - self.lease))
                 )
-            ) or 1
-        return max(math.ceil(mailboxes / nodes), 1)
+            )
+        if self.node_id not in nodes:
+            return max(math.ceil(mailboxes / max(len(nodes), 1)), 1)
+        share, remainder = divmod(mailboxes, len(nodes))
+        return share + (1 if nodes.index(self.node_id) < remainder else 0)
+
+    def _holder(self, address: str) -> Claim:
+        with self.sessions() as session:
+            row = session.execute(
+                select(Mailbox.lease_node, Mailbox.lease_expires_at).where(Mailbox.address == address)
+            ).first()
+        owner, expires_at = row if row is not None else (None, None)
+        return Claim(held=False, owner=owner, expires_at=expires_at)
 
     def _forget(self, address: str) -> None:
         with self._lock:
             if address in self.held:
-                log.warning("mailbox %s: lease lost to another node", address)
+                log.warning("mailbox %s: lease lost to another node", address, extra={"mailbox": address})
                 self.held.discard(address)
 
     def _is_dead(self, node: SyncNode, now: datetime) -> bool:

@@ -220,4 +220,4 @@ def test_restart_after_a_kill_takes_the_leases_at_once(
         env, notify_socket, lambda: shutil.copy(SAMPLES / "01-reply-quoted-code-qp.eml", drop)
     )
 
-    assert "removed 1 stopped nodes and their leases" in stderr
+    assert "stopped nodes removed with their leases: " in stderr

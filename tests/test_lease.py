@@ -161,6 +161,36 @@ def test_nodes_split_the_mailboxes_by_fair_share(sessions: sessionmaker[Session]
     assert not first.held & second.held and not second.held & third.held and not first.held & third.held
 
 
+def test_a_remainder_goes_one_each_to_the_first_nodes(sessions: sessionmaker[Session], clock: Clock) -> None:
+    addresses = _enrol(sessions, 4)
+    nodes = [_node(sessions, clock, pid=pid, hostname=f"host{pid}") for pid in range(3)]
+    for node in nodes:
+        node.join()
+
+    for node in nodes:
+        for address in addresses:
+            node.acquire(address)
+
+    assert sorted(len(node.held) for node in nodes) == [1, 1, 2]
+
+
+def test_a_node_at_its_share_learns_when_a_dead_holder_frees_the_mailbox(
+    sessions: sessionmaker[Session], clock: Clock
+) -> None:
+    [address] = _enrol(sessions, 1)
+    first, second = _node(sessions, clock, pid=1, hostname="a"), _node(sessions, clock, pid=2, hostname="b")
+    first.join()
+    second.join()
+    first.acquire(address)
+
+    refused = second.acquire(address)
+    clock.advance(LEASE + 1)
+    taken = second.acquire(address)
+
+    assert (refused.held, refused.owner, refused.expires_at) == (False, first.node_id, clock.now - timedelta(seconds=1))
+    assert taken.held
+
+
 def test_a_node_at_its_share_takes_no_more(sessions: sessionmaker[Session], clock: Clock) -> None:
     addresses = _enrol(sessions, 4)
     first, second = _node(sessions, clock, pid=1, hostname="a"), _node(sessions, clock, pid=2, hostname="b")
@@ -276,6 +306,9 @@ def test_sync_once_skips_a_mailbox_another_node_syncs(
 
     assert f"mailbox ingrid.berg@salg.example is being synced by node {other.node_id} until " in result.stderr
     assert " UTC; skipped" in result.stderr
+    assert f"node {other.node_id}: leases 1, last heartbeat " in cli("status").stdout
+    named = cli("sync", "--once", "--mailbox", "ingrid.berg@salg.example", code=1)
+    assert named.stderr.strip().endswith("UTC; try again after that, or stop that node")
     other.leave()
     cli("sync", "--once")
     with sessions() as session:

@@ -7,7 +7,7 @@ from collections import Counter
 import click
 from sqlalchemy import func, select
 
-from crmstore.models import Mailbox, ProcessedItem
+from crmstore.models import Mailbox, ProcessedItem, SyncNode
 from syncd.cli.context import App, pass_app, print_json
 from syncd.lease import lease_owners
 
@@ -19,6 +19,7 @@ def status(app: App, as_json: bool) -> None:
     """Show per mailbox: backend, role, state, syncing node, last sync, counts and last error."""
     with app.sessions() as session:
         owners = lease_owners(session)
+        nodes = session.execute(select(SyncNode.id, SyncNode.seen_at).order_by(SyncNode.id)).all()
         counts: dict[str, Counter[str]] = {}
         for address, outcome, number in session.execute(
             select(ProcessedItem.mailbox, ProcessedItem.outcome, func.count()).group_by(
@@ -47,6 +48,9 @@ def status(app: App, as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
+    held = Counter(node for node, _ in owners.values())
+    for node, seen_at in nodes:
+        click.echo(f"node {node}: leases {held[node]}, last heartbeat {seen_at:%Y-%m-%d %H:%M:%S} UTC")
     if not rows:
         click.echo("no mailboxes enrolled")
     for row in rows:

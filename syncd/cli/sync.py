@@ -48,7 +48,12 @@ def sync_once(app: App, once: bool, address: str | None, as_json: bool) -> None:
         claim = leases.acquire(mailbox.address)
         if not claim.held:
             until = f" until {claim.expires_at:%H:%M:%S} UTC" if claim.expires_at else ""
-            warn(f"mailbox {mailbox.address} is being synced by node {claim.owner}{until}; skipped")
+            busy = f"mailbox {mailbox.address} is being synced by node {claim.owner}{until}"
+            if address:
+                # Named on the command line: not syncing it is a failure.
+                failures.append(f"{busy}; try again after that, or stop that node")
+            else:
+                warn(f"{busy}; skipped")
             continue
         backend = open_backend(mailbox, app.settings)
         try:
