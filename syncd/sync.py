@@ -98,6 +98,17 @@ class Counts:
         return asdict(self)
 
 
+@dataclass
+class PassRun:
+    """What every step of one pass over one mailbox needs."""
+
+    address: str
+    backend: MailboxBackend
+    inbound: bool
+    counts: Counts
+    fence: Fence
+
+
 class Stopped(Exception):
     """The pass ended early because the daemon is shutting down."""
 
@@ -143,16 +154,17 @@ class MailboxSync:
             scanned = [ScannedFolder(folder) for folder in roots]
             scanned += self._mapped_folders(address, backend, roots)
             self._retry_pending_feedback(address, backend)
+            run = PassRun(address, backend, inbound, counts, fence)
             for target in scanned:
                 try:
-                    self._sync_folder_restarting(address, backend, target, inbound, counts, fence)
+                    self._sync_folder_restarting(run, target)
                 except FolderNotFoundError as exc:
                     # The user deleted or renamed the folder: find or create
                     # it again and sync it from the start.
                     log.warning("mailbox %s: %s; looking for folder %r again", address, exc, target.folder.name)
                     found = self._find_again(address, backend, target)
                     if found is not None:
-                        self._sync_folder_restarting(address, backend, found, inbound, counts, fence)
+                        self._sync_folder_restarting(run, found)
         except Stopped:
             log.info("mailbox %s: pass stopped for shutdown after %d items", address, counts.seen)
             self._set_status(address, error=None, finished=False)
@@ -249,75 +261,51 @@ class MailboxSync:
         log.info("mailbox %s: mapped folder %r found again; scanning it from the start", address, name)
         return folder
 
-    def _sync_folder_restarting(
-        self,
-        address: str,
-        backend: MailboxBackend,
-        target: ScannedFolder,
-        inbound: bool,
-        counts: Counts,
-        fence: Fence,
-    ) -> None:
+    def _sync_folder_restarting(self, run: PassRun, target: ScannedFolder) -> None:
         folder = target.folder
         try:
-            self._retrying(address, lambda: self._sync_folder(address, backend, target, inbound, counts, fence))
+            self._retrying(run.address, lambda: self._sync_folder(run, target))
         except SyncStateInvalidError as exc:
             # The server forgot our cursor. Starting the folder from scratch
             # replays items already recorded, which the ledger skips.
             log.warning(
                 "mailbox %s folder %s: sync state rejected (%s); syncing the folder from scratch",
-                address, folder.name, exc,
+                run.address, folder.name, exc,
             )
-            fence(address)
-            self._save_state(address, folder, None)
-            self._retrying(address, lambda: self._sync_folder(address, backend, target, inbound, counts, fence))
+            run.fence(run.address)
+            self._save_state(run.address, folder, None)
+            self._retrying(run.address, lambda: self._sync_folder(run, target))
 
-    def _sync_folder(
-        self,
-        address: str,
-        backend: MailboxBackend,
-        target: ScannedFolder,
-        inbound: bool,
-        counts: Counts,
-        fence: Fence,
-    ) -> None:
+    def _sync_folder(self, run: PassRun, target: ScannedFolder) -> None:
         folder = target.folder
-        state = self._load_state(address, backend.kind, folder)
+        state = self._load_state(run.address, run.backend.kind, folder)
 
         def known(item_id: str) -> bool:
             with self.sessions() as session:
-                return find_ledger_entry(session, Source(address, folder.key, folder.name, item_id)) is not None
+                return find_ledger_entry(session, Source(run.address, folder.key, folder.name, item_id)) is not None
 
-        for batch in backend.batches(folder, state, known):
-            fence(address)
-            self._record_batch(address, backend, batch, inbound, target.mapped_to, counts)
+        for batch in run.backend.batches(folder, state, known):
+            run.fence(run.address)
+            self._record_batch(run, batch, target.mapped_to)
             if batch.state is not None:
-                fence(address)
-                self._save_state(address, folder, batch.state)
+                run.fence(run.address)
+                self._save_state(run.address, folder, batch.state)
 
-    def _record_batch(
-        self,
-        address: str,
-        backend: MailboxBackend,
-        batch: Batch,
-        inbound: bool,
-        mapped_to: Ref | None,
-        counts: Counts,
-    ) -> None:
+    def _record_batch(self, run: PassRun, batch: Batch, mapped_to: Ref | None) -> None:
         feedback: list[FeedbackRequest] = []
         stopped = False
         for item in batch.items:
             if self.stop.is_set():
                 stopped = True
                 break
-            source = Source(address, batch.folder.key, batch.folder.name, item.item_id)
-            result: ItemResult = self.pipeline.process(item, source, inbound=inbound, mapped_to=mapped_to)
-            counts.add(result.outcome)
-            metrics.item_recorded(address, result.outcome)
+            source = Source(run.address, batch.folder.key, batch.folder.name, item.item_id)
+            result: ItemResult = self.pipeline.process(item, source, inbound=run.inbound, mapped_to=mapped_to)
+            run.counts.add(result.outcome)
+            metrics.item_recorded(run.address, result.outcome)
             if result.feedback_pending:
                 feedback.append(FeedbackRequest(batch.folder.key, item.item_id, result.recorded_outcome))
 
-        self._apply_feedback(address, backend, feedback)
+        self._apply_feedback(run.address, run.backend, feedback)
         if stopped:
             raise Stopped()
 
