@@ -99,18 +99,10 @@ class ClientCertificate:
         cls, private_key_path: Path | str, certificate_path: Path | str, passphrase: str | None = None
     ) -> ClientCertificate:
         """Read a PEM private key and its PEM certificate; the two paths may name the same file."""
-        key_text = _private_key_block(_read_pem(private_key_path, "private key"), private_key_path)
+        key_text = _private_key_block(_read_pem(private_key_path, "private key"), str(private_key_path))
         certificate_text = _read_pem(certificate_path, "certificate")
-        try:
-            certificate = x509.load_pem_x509_certificate(certificate_text.encode())
-        except ValueError as exc:
-            raise ConfigError(
-                f"{certificate_path} contains no valid PEM certificate ({exc}); "
-                "give the certificate uploaded to the app registration."
-            ) from exc
-
-        # SHA-1 is what Entra ID shows as the thumbprint and what msal puts into x5t.
-        thumbprint = certificate.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303
+        certificate = _load_certificate(certificate_text, str(certificate_path))
+        thumbprint = _thumbprint(certificate)
         key = _load_private_key(key_text, passphrase, thumbprint)
         if _public_key_der(key.public_key()) != _public_key_der(certificate.public_key()):
             raise ConfigError(
@@ -118,6 +110,31 @@ class ClientCertificate:
                 f"{certificate_path} (thumbprint {thumbprint}); give the key that was generated with it."
             )
         return cls(private_key=key_text, thumbprint=thumbprint, passphrase=passphrase)
+
+    @classmethod
+    def from_pem(cls, pem: str, source: str) -> ClientCertificate:
+        """Build the credential from one PEM text holding an unencrypted private key and its certificate.
+
+        `source` names where the text came from, e.g. "credential 'entra-cert'",
+        in the errors for a text without a key or certificate and for a key
+        that does not belong to the certificate.
+        """
+        key_text = _private_key_block(pem, source)
+        certificate = _load_certificate(pem, source)
+        thumbprint = _thumbprint(certificate)
+        try:
+            key = serialization.load_pem_private_key(key_text.encode(), password=None)
+        except (TypeError, ValueError) as exc:
+            # cryptography's messages describe the problem (encrypted key, bad PEM) without quoting key data.
+            raise ConfigError(
+                f"the private key in {source} cannot be read ({exc}); give an unencrypted PEM private key."
+            ) from exc
+        if _public_key_der(key.public_key()) != _public_key_der(certificate.public_key()):
+            raise ConfigError(
+                f"the private key in {source} does not belong to its certificate (thumbprint {thumbprint}); "
+                "give the key that was generated with that certificate."
+            )
+        return cls(private_key=key_text, thumbprint=thumbprint)
 
     def as_msal_credential(self) -> dict[str, str]:
         """Return the `client_credential` dict that msal's ConfidentialClientApplication takes."""
@@ -396,12 +413,28 @@ def _read_pem(path: Path | str, content: str) -> str:
 _PRIVATE_KEY_BLOCK = re.compile(r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----", re.DOTALL)
 
 
-def _private_key_block(text: str, path: Path | str) -> str:
-    """Return the private key's PEM block alone, from a file that may also contain certificates."""
+def _private_key_block(text: str, source: str) -> str:
+    """Return the private key's PEM block alone, from a text that may also contain certificates."""
     match = _PRIVATE_KEY_BLOCK.search(text)
     if match is None:
-        raise ConfigError(f"{path} contains no PEM private key; give the file with -----BEGIN PRIVATE KEY-----.")
+        raise ConfigError(f"{source} contains no PEM private key; give the file with -----BEGIN PRIVATE KEY-----.")
     return match.group(0) + "\n"
+
+
+def _load_certificate(text: str, source: str) -> x509.Certificate:
+    """Return the first PEM certificate in `text`."""
+    try:
+        return x509.load_pem_x509_certificate(text.encode())
+    except ValueError as exc:
+        raise ConfigError(
+            f"{source} contains no valid PEM certificate ({exc}); "
+            "give the certificate uploaded to the app registration."
+        ) from exc
+
+
+def _thumbprint(certificate: x509.Certificate) -> str:
+    # SHA-1 is what Entra ID shows as the thumbprint and what msal puts into x5t.
+    return certificate.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303
 
 
 def _public_key_der(public_key: Any) -> bytes:

@@ -1,4 +1,4 @@
-"""The unmatched queue: filing a waiting mail by hand, or dismissing it.
+"""The unmatched queue: filing a waiting mail by hand, dismissing it, or reopening it.
 
 Assigning never teaches syncd anything implicitly: it files this one mail
 against the named entity, adds no address, mapping or rule, and nothing
@@ -92,6 +92,19 @@ def assign(session: Session, unmatched_id: int, ref: Ref) -> Correspondence:
 def dismiss(session: Session, unmatched_id: int) -> None:
     """Hide the waiting mail from the queue; it stays in the database."""
     get_open(session, unmatched_id).state = "dismissed"
+
+
+def reopen(session: Session, unmatched_id: int) -> None:
+    """Put a dismissed mail back in the queue as open."""
+    entry = session.get(UnmatchedMail, unmatched_id)
+    if entry is None:
+        raise NotFoundError(f"unmatched mail {unmatched_id} does not exist: see `syncd unmatched list --all`")
+    if entry.state != "dismissed":
+        # An assigned mail is already filed, so reopening it would file it twice.
+        raise InvalidInputError(
+            f"unmatched mail {unmatched_id} is {entry.state}, not dismissed: only a dismissed mail can be reopened"
+        )
+    entry.state = "open"
 
 
 def _file(

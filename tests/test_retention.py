@@ -222,6 +222,16 @@ def test_purge_rejects_bad_date(run: Syncd, value: str, message: str) -> None:
     assert result.stderr == message + "\n"
 
 
+@pytest.mark.usefixtures("dated_mails")
+def test_purge_dry_run_takes_future_date(run: Syncd) -> None:
+    dry = run.json("correspondence", "purge", "--before", "2999-01-01", "--include-unmatched", "--dry-run")
+
+    assert dry["dry_run"] is True
+    assert dry["correspondence"] == 4
+    assert dry["unmatched"] == 1
+    assert len(_subjects(run)) == 4
+
+
 # -- forget ------------------------------------------------------------------------------------
 
 

@@ -143,3 +143,30 @@ def test_dismissed_mail_kept_without_candidates(run: Syncd, tmp_path: Path) -> N
     [kept] = run.json("unmatched", "list", "--all")
     assert kept["state"] == "dismissed"
     assert kept["candidates"] == []
+
+
+def test_reopened_mail_back_in_queue(run: Syncd, tmp_path: Path) -> None:
+    _import(run, tmp_path, "per.eml", _from_fjord_marine_colleague())
+    [waiting] = run.json("unmatched", "list")
+    run("unmatched", "dismiss", str(waiting["id"]))
+
+    result = run("unmatched", "reopen", str(waiting["id"]))
+
+    assert result.stdout == f"reopened unmatched mail {waiting['id']}\n"
+    [reopened] = run.json("unmatched", "list")
+    assert reopened["id"] == waiting["id"]
+    assert reopened["state"] == "open"
+    assert reopened["candidates"] == waiting["candidates"]
+
+
+def test_reopen_rejects_open_or_unknown_mail(run: Syncd, tmp_path: Path) -> None:
+    _import(run, tmp_path, "per.eml", _from_fjord_marine_colleague())
+    [waiting] = run.json("unmatched", "list")
+
+    not_dismissed = run("unmatched", "reopen", str(waiting["id"]), code=1)
+    unknown = run("unmatched", "reopen", "999", code=1)
+
+    assert not_dismissed.stderr == (
+        f"Error: unmatched mail {waiting['id']} is open, not dismissed: only a dismissed mail can be reopened\n"
+    )
+    assert unknown.stderr == "Error: unmatched mail 999 does not exist: see `syncd unmatched list --all`\n"

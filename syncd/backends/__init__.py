@@ -12,6 +12,7 @@ from syncd.secrets import read_secret
 
 if TYPE_CHECKING:
     from crmstore.models import Mailbox
+    from syncd.auth import ClientCertificate
     from syncd.backends.base import MailboxBackend
     from syncd.settings import Settings
 
@@ -84,7 +85,7 @@ def _open_graph(mailbox: Mailbox, settings: Settings) -> MailboxBackend:
     config = mailbox.config
     verify = tls.verify_from(settings.tls)
     provider = token_provider_for(
-        config["tenant_id"], config["client_id"], read_secret(config["secret"]), GRAPH_SCOPE,
+        config["tenant_id"], config["client_id"], entra_credential(config), GRAPH_SCOPE,
         authority_host=settings.entra.authority_host, verify=verify,
     )
     return GraphBackend(
@@ -108,22 +109,43 @@ def ews_credentials(config: dict[str, Any], authority_host: str, *, verify: tls.
 
     `verify` is the TLS check of the Entra ID authority for "oauth2".
     """
+    from syncd.auth import EWS_SCOPE, token_provider_for
     from syncd.backends.ews import make_credentials
 
     auth = config["auth"]
     key = (auth, config["endpoint"], config.get("username") or "", config.get("tenant_id") or "",
-           config.get("client_id") or "", config["secret"], repr(verify))
+           config.get("client_id") or "", config.get("secret") or "", config.get("certificate") or "", repr(verify))
     with _credentials_lock:
         if key not in _credentials:
-            secret = read_secret(config["secret"])
-            if auth == "oauth2":
-                _credentials[key] = make_credentials(
-                    auth, tenant_id=config["tenant_id"], client_id=config["client_id"], client_secret=secret,
+            if auth == "oauth2" and config.get("certificate"):
+                provider = token_provider_for(
+                    config["tenant_id"], config["client_id"], entra_credential(config), EWS_SCOPE,
                     authority_host=authority_host, verify=verify,
                 )
+                _credentials[key] = make_credentials(auth, tenant_id=config["tenant_id"], token_provider=provider)
+            elif auth == "oauth2":
+                _credentials[key] = make_credentials(
+                    auth, tenant_id=config["tenant_id"], client_id=config["client_id"],
+                    client_secret=read_secret(config["secret"]), authority_host=authority_host, verify=verify,
+                )
             else:
+                secret = read_secret(config["secret"])
                 _credentials[key] = make_credentials(auth, username=config["username"], password=secret)
         return _credentials[key]
+
+
+def entra_credential(config: dict[str, Any]) -> str | ClientCertificate:
+    """Read the Entra ID app credential that an enrolment names: a certificate, else a client secret.
+
+    The config stores only the credential's name. A certificate credential
+    is one PEM text with the unencrypted private key and its certificate.
+    """
+    from syncd.auth import ClientCertificate
+
+    name = config.get("certificate")
+    if name:
+        return ClientCertificate.from_pem(read_secret(name), f"credential {name!r}")
+    return read_secret(config["secret"])
 
 
 def forget_credentials() -> None:

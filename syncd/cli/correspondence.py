@@ -77,7 +77,7 @@ def purge(app: App, before: str, include_unmatched: bool, dry_run: bool, as_json
     The processed-item ledger keeps its entries, so no purged mail is filed again.
     """
     zone = ZoneInfo(app.settings.local_timezone)
-    cutoff = _start_of_day(before, zone)
+    cutoff = _start_of_day(before, zone, allow_future=dry_run)
     with app.sessions() as session:
         counts = retention.purge_before(session, cutoff, include_unmatched=include_unmatched)
         if dry_run:
@@ -97,8 +97,12 @@ def purge(app: App, before: str, include_unmatched: bool, dry_run: bool, as_json
         click.echo(f"unmatched entries created before {before}: {counts.unmatched}")
 
 
-def _start_of_day(value: str, zone: ZoneInfo) -> datetime:
-    """Return midnight at the start of the ISO date `value` in `zone`; the day may not be after today."""
+def _start_of_day(value: str, zone: ZoneInfo, *, allow_future: bool = False) -> datetime:
+    """Return midnight at the start of the ISO date `value` in `zone`.
+
+    A day after today is rejected unless `allow_future` is set, because a
+    dry run only counts and may show what a later purge would delete.
+    """
     # date.fromisoformat also takes forms such as 20240101 and 2024-W01-1;
     # the option promises YYYY-MM-DD only.
     try:
@@ -107,7 +111,7 @@ def _start_of_day(value: str, zone: ZoneInfo) -> datetime:
         day = date.fromisoformat(value)
     except ValueError:
         raise InvalidInputError(f"invalid --before {value!r}: use YYYY-MM-DD") from None
-    if day > datetime.now(zone).date():
+    if not allow_future and day > datetime.now(zone).date():
         raise InvalidInputError(
             f"invalid --before {value!r}: the day is after today; give today or an earlier day"
         )

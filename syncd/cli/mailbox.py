@@ -45,6 +45,13 @@ def mailbox_group() -> None:
     help="Name of the secret holding the password or client secret; default: ews-password, "
     "or entra-client-secret for oauth2. See the README on secrets.",
 )
+@click.option(
+    "--client-certificate",
+    "certificate_name",
+    metavar="NAME",
+    help="Name of the credential that contains the PEM private key and certificate of the Entra ID app, "
+    "used in place of a client secret (graph, or ews with oauth2). See the README on secrets.",
+)
 @click.option("--access", type=click.Choice(["impersonation", "delegate"]), default="impersonation",
               show_default=True, help="impersonation: ApplicationImpersonation role; delegate: full access.")
 @click.option(
@@ -67,19 +74,24 @@ def enroll(
     tenant_id: str | None,
     client_id: str | None,
     secret_name: str | None,
+    certificate_name: str | None,
     access: str,
     post_action: str | None,
     role: str,
 ) -> None:
     """Enrol the mailbox ADDRESS so that passes sync it."""
     address = normalise_email(address)
+    if certificate_name is not None and not (backend == "graph" or (backend == "ews" and auth == "oauth2")):
+        raise click.UsageError("--client-certificate needs --backend graph, or --backend ews with --auth oauth2")
     if backend == "folder":
         config = _folder_config(path, post_action or "move")
     elif backend == "graph":
-        config = _graph_config(tenant_id, client_id, secret_name)
+        config = _graph_config(tenant_id, client_id, secret_name, certificate_name)
         config["post_action"] = post_action or "keep"
     else:
-        config = _ews_config(app, address, endpoint, auth, username, tenant_id, client_id, secret_name, access)
+        config = _ews_config(
+            app, address, endpoint, auth, username, tenant_id, client_id, secret_name, certificate_name, access
+        )
         config["post_action"] = post_action or "keep"
 
     with app.transaction() as session:
@@ -99,14 +111,21 @@ def _folder_config(path: Path | None, post_action: str) -> dict[str, str]:
     return {"path": str(directory), "post_action": post_action}
 
 
-def _graph_config(tenant_id: str | None, client_id: str | None, secret_name: str | None) -> dict[str, str]:
+def _graph_config(
+    tenant_id: str | None, client_id: str | None, secret_name: str | None, certificate_name: str | None
+) -> dict[str, str]:
     if not (tenant_id and client_id):
         raise click.UsageError("--backend graph needs --tenant and --client-id")
-    return {
-        "tenant_id": tenant_id,
-        "client_id": client_id,
-        "secret": validate_name(secret_name or "entra-client-secret"),
-    }
+    return {"tenant_id": tenant_id, "client_id": client_id, **_entra_credential_config(secret_name, certificate_name)}
+
+
+def _entra_credential_config(secret_name: str | None, certificate_name: str | None) -> dict[str, str]:
+    """Return the config entry that names the Entra ID app's credential: a certificate or a client secret."""
+    if certificate_name is not None and secret_name is not None:
+        raise click.UsageError("give either --secret or --client-certificate, not both")
+    if certificate_name is not None:
+        return {"certificate": validate_name(certificate_name)}
+    return {"secret": validate_name(secret_name or "entra-client-secret")}
 
 
 def _ews_config(
@@ -118,6 +137,7 @@ def _ews_config(
     tenant_id: str | None,
     client_id: str | None,
     secret_name: str | None,
+    certificate_name: str | None,
     access: str,
 ) -> dict[str, str]:
     if auth is None:
@@ -126,11 +146,14 @@ def _ews_config(
         raise click.UsageError(f"--auth {auth} needs --username")
     if auth == "oauth2" and not (tenant_id and client_id):
         raise click.UsageError("--auth oauth2 needs --tenant and --client-id")
-    secret = validate_name(secret_name or ("entra-client-secret" if auth == "oauth2" else "ews-password"))
+    if auth == "oauth2":
+        credential = _entra_credential_config(secret_name, certificate_name)
+    else:
+        credential = {"secret": validate_name(secret_name or "ews-password")}
     config = {
         "auth": auth,
         "access": access,
-        "secret": secret,
+        **credential,
         "username": username or "",
         "tenant_id": tenant_id or "",
         "client_id": client_id or "",
@@ -153,8 +176,22 @@ def _ews_config(
 @click.option("--tenant", "tenant_id", required=True, help="Entra ID tenant ID.")
 @click.option("--client-id", required=True, help="Application (client) ID of the Entra ID app.")
 @click.option("--secret", "secret_name", help="Name of the secret holding the client secret; default: entra-client-secret.")
+@click.option(
+    "--client-certificate",
+    "certificate_name",
+    metavar="NAME",
+    help="Name of the credential that contains the app's PEM private key and certificate, in place of a client secret.",
+)
 @pass_app
-def migrate(app: App, address: str, target: str, tenant_id: str, client_id: str, secret_name: str | None) -> None:
+def migrate(
+    app: App,
+    address: str,
+    target: str,
+    tenant_id: str,
+    client_id: str,
+    secret_name: str | None,
+    certificate_name: str | None,
+) -> None:
     """Move the Exchange Online mailbox ADDRESS from EWS to Microsoft Graph.
 
     The sync folders and everything filed stay. The EWS cursors mean nothing
@@ -167,7 +204,7 @@ def migrate(app: App, address: str, target: str, tenant_id: str, client_id: str,
             raise InvalidInputError(
                 f"mailbox {mailbox.address!r} uses backend {mailbox.backend!r}: only ews mailboxes move to graph"
             )
-        config = _graph_config(tenant_id, client_id, secret_name)
+        config = _graph_config(tenant_id, client_id, secret_name, certificate_name)
         config["post_action"] = mailbox.config.get("post_action", "keep")
         mailbox.backend = target
         mailbox.config = config

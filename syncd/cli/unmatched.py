@@ -18,7 +18,7 @@ from syncd.suggest import suggest
 
 @click.group("unmatched")
 def unmatched_group() -> None:
-    """List, assign and dismiss mails that could not be filed."""
+    """List, assign, dismiss and reopen mails that could not be filed."""
 
 
 @unmatched_group.command("list")
@@ -99,6 +99,16 @@ def dismiss(app: App, unmatched_id: int) -> None:
     with app.transaction() as session:
         review.dismiss(session, unmatched_id)
     click.echo(f"dismissed unmatched mail {unmatched_id}")
+
+
+@unmatched_group.command("reopen")
+@click.argument("unmatched_id", metavar="ID", type=int)
+@pass_app
+def reopen(app: App, unmatched_id: int) -> None:
+    """Put the dismissed mail ID back on the list."""
+    with app.transaction() as session:
+        review.reopen(session, unmatched_id)
+    click.echo(f"reopened unmatched mail {unmatched_id}")
 
 
 COMMANDS = [unmatched_group]

@@ -8,7 +8,9 @@ a confidential client built with `instance_discovery=False`:
 
 A client proves itself with a client secret (in the form body or by HTTP Basic
 authentication, RFC 6749 section 2.3.1) or with a client assertion: a JWT
-signed by the private key of a registered certificate (RFC 7523). Every grant
+signed by the private key of a registered certificate (RFC 7523), whose header
+names that certificate by its thumbprint in x5t (SHA-1) or x5t#S256 (SHA-256),
+as Entra ID requires. Every grant
 returns a new random access token that is valid for `expires_in` seconds.
 
 The TLS certificate is issued by a trustme CA. Point `REQUESTS_CA_BUNDLE` at
@@ -38,6 +40,7 @@ from typing import Any, NamedTuple
 import jwt
 import trustme
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 #: client_assertion_type of a JWT client assertion, from RFC 7523 section 2.2.
 JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -256,6 +259,8 @@ class FakeTokenServer:
         if client.certificate is None or not assertion or assertion_type != JWT_BEARER_ASSERTION:
             return False
         try:
+            if not _names_certificate(jwt.get_unverified_header(assertion), client.certificate):
+                return False
             jwt.decode(
                 assertion,
                 client.certificate.public_key(),
@@ -280,6 +285,15 @@ class FakeTokenServer:
             handler.send_body(500, "text/html", b"<html><body>Internal Server Error</body></html>")
         else:
             handler.close_connection = True
+
+
+def _names_certificate(header: dict[str, Any], certificate: x509.Certificate) -> bool:
+    """Return whether the assertion header's thumbprint is that of `certificate`."""
+    for claim, algorithm in (("x5t", hashes.SHA1()), ("x5t#S256", hashes.SHA256())):  # noqa: S303
+        if claim in header:
+            expected = base64.urlsafe_b64encode(certificate.fingerprint(algorithm)).rstrip(b"=").decode()
+            return secrets.compare_digest(str(header[claim]).rstrip("="), expected)
+    return False
 
 
 def _basic_credentials(authorization: str | None) -> tuple[str | None, str | None]:
