@@ -13,7 +13,10 @@ zero-width characters, soft hyphens and the quote markers ("> ", "> > ") that
 start a line. Then it removes all white space, so a code wrapped over lines or
 split by a client reads as one string. A text that still carries
 quoted-printable (soft line breaks, "=3D") is also scanned in a second view
-that decodes it first.
+that decodes it first. A text with percent-encoded characters, as in links
+("code=nXmr…%3D%3D"), is also scanned in a URL view that decodes them. In
+that view a code must be a whole URL component, so the end of a longer
+base64 value in a link is not taken for a code.
 
 The 22nd character of a real code is one of A, Q, g or w, because its last
 four bits are padding. Detect does not filter on that, so a mistyped code
@@ -108,6 +111,16 @@ _SOFT_BREAK_PADDING = re.compile(r"=[ \t]+(?=\n)")
 # break (a lone "=" once white space is gone) or an escaped space or tab.
 _QUOTED_PRINTABLE_GAP = re.compile(r"=(?:20|09)?")
 
+# A percent-encoded byte, also when a link wrapper encoded the URL again
+# ("%253D" for "="). Only "%" starts a match, so a run of "25" is backtracked
+# over once at most, and the pattern runs in linear time.
+_PERCENT_ENCODED = re.compile(r"%(?:25)*([0-9A-Fa-f]{2})")
+
+# Characters that a URL view decodes: the base64 alphabet and "=". Other
+# escapes stay as written, so that a decoded "&", "?" or "%" cannot join or
+# split URL components.
+_PERCENT_DECODED_CHARS = _BASE64_CHARS | {"="}
+
 _HYPHENS = dict.fromkeys(map(ord, "-\u2010\u2011\u2012\u2013\u2014"))
 
 # Characters allowed between a label and its code besides white space.
@@ -178,8 +191,8 @@ class _Candidates:
         self.overflowed = False
 
     def add_text(self, text: str, location: Location) -> None:
-        for view in _detect_views(text):
-            for code, labelled in _scan(view):
+        for view, is_url_view in _detect_views(text):
+            for code, labelled in _scan(view, is_url_view):
                 self._add(code, labelled, location)
 
     def _add(self, code: str, labelled: bool, location: Location) -> None:
@@ -213,20 +226,31 @@ class _Candidates:
         return [c for c in candidates if c.code in kept]
 
 
-def _detect_views(text: str) -> Iterator[str]:
-    """Yield the detect views of `text`: as written, then quoted-printable decoded if it applies."""
+def _detect_views(text: str) -> Iterator[tuple[str, bool]]:
+    """Yield (view, is_url_view) for each detect view of `text`.
+
+    The views are: as written, then quoted-printable decoded if it applies,
+    each followed by its URL view if it contains percent-encoded characters.
+    """
     if not text:
         return
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    yield _squeeze(text)
+    views = [_squeeze(text)]
 
     # Decoding quoted-printable breaks a code whose "==" ends a line, because
     # the second "=" then reads as a soft line break. That is why the view as
     # written is always scanned as well.
     if _QUOTED_PRINTABLE.search(text):
         unquoted = _drop_quote_markers(text)
-        yield _squeeze(_decode_quoted_printable(unquoted))
+        views.append(_squeeze(_decode_quoted_printable(unquoted)))
+
+    for view in views:
+        yield view, False
+        if "%" in view:
+            decoded = _PERCENT_ENCODED.sub(_decode_percent, view)
+            if decoded != view:
+                yield decoded, True
 
 
 def _squeeze(text: str) -> str:
@@ -267,6 +291,11 @@ def _decode_entity(match: re.Match[str]) -> str:
     return chr(number)
 
 
+def _decode_percent(match: re.Match[str]) -> str:
+    char = chr(int(match.group(1), 16))
+    return char if char in _PERCENT_DECODED_CHARS else match.group()
+
+
 def _decode_quoted_printable(text: str) -> str:
     text = _SOFT_BREAK_PADDING.sub("=", text)
     raw = binascii.a2b_qp(text.encode("utf-8", "replace"))
@@ -275,22 +304,25 @@ def _decode_quoted_printable(text: str) -> str:
     return raw.decode("utf-8", "replace")
 
 
-def _scan(view: str) -> Iterator[tuple[str, bool]]:
+def _scan(view: str, is_url_view: bool) -> Iterator[tuple[str, bool]]:
     """Yield (code, labelled) for each "==" in `view` that ends a code-shaped string."""
     for padding in _PADDING.finditer(view):
-        found = _code_body_before(view, padding.start())
+        found = _code_body_before(view, padding.start(), is_url_view)
         if found is None:
             continue
         start, body = found
         yield body + "==", _has_label(view, start)
 
 
-def _code_body_before(view: str, end: int) -> tuple[int, str] | None:
+def _code_body_before(view: str, end: int, is_url_view: bool) -> tuple[int, str] | None:
     """Return the start and text of the 22 base64 characters before `end`, or None.
 
-    A lone "=" between base64 characters is skipped: it is what remains of a
-    quoted-printable soft line break once white space is gone. The walk stops
-    after 22 characters, so a longer base64 run yields its last 22.
+    Outside a URL view, a lone "=" between base64 characters is skipped,
+    because it is what remains of a quoted-printable soft line break once
+    white space is gone. There a longer base64 run yields its last 22
+    characters, since removing white space joins a code to the word before it.
+    In a URL view, where "=" separates a parameter from its value, the 22
+    characters must follow a character outside the base64 alphabet or a "/".
     """
     body: list[str] = []
     index = end - 1
@@ -298,13 +330,17 @@ def _code_body_before(view: str, end: int) -> tuple[int, str] | None:
         char = view[index]
         if char in _BASE64_CHARS:
             body.append(char)
-        elif char == "=" and body and index > 0 and view[index - 1] in _BASE64_CHARS:
+        elif not is_url_view and char == "=" and body and index > 0 and view[index - 1] in _BASE64_CHARS:
             pass
         else:
             break
         index -= 1
 
     if len(body) < CODE_BODY_LENGTH:
+        return None
+    # NOTE: "/" counts as a path separator, so a longer base64 value with "/"
+    # as its 23rd character from the end still yields its last 22.
+    if is_url_view and index >= 0 and view[index] in _BASE64_CHARS and view[index] != "/":
         return None
     return index + 1, "".join(reversed(body))
 

@@ -3,14 +3,15 @@
 parse_message and parse_msg return a ParsedMail for any input and raise
 no Exception subclass. Each header and each MIME part is read on its own,
 so a broken one loses only itself, and `ParsedMail.defects` gets one note
-for it. Messages carried inside the mail (message/rfc822
-parts and attached .msg files) are parsed the same way into `nested`, down
-to `max_depth` levels.
+for it. Messages carried inside the mail (message/rfc822 parts, attached
+.msg files and messages inside TNEF parts) are parsed the same way into
+`nested`, down to `max_depth` levels.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import codecs
 import dataclasses
 import logging
@@ -36,6 +37,7 @@ from extract_msg.msg_classes import MSGFile
 
 from syncd.html_text import html_to_text
 from syncd.mail import Address, ParsedMail
+from syncd.tnef import TnefMessage, read_tnef
 
 log = logging.getLogger("syncd.parse")
 
@@ -122,7 +124,7 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")
 # _add_outlook_attachments, _addresses and _bounded write when a limit stops them.
 _LIMIT_NOTE = re.compile(
     r"not parsed: max_depth is \d+$|max_html_chars is \d+$|parts of one mail are read$"
-    r"|addresses, the rest not read$|characters cut at \d+$"
+    r"|addresses, the rest not read$|characters cut at \d+$|attributes of one TNEF stream are read$"
 )
 _META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
 
@@ -680,8 +682,9 @@ def _read_part(
         data = _payload_bytes(part)
         _add_nested(mail, limits, depth, lambda: _parse_rfc5322(data, limits, depth + 1))
     elif content_type in TNEF_TYPES or filename == "winmail.dat":
-        # TODO: decode TNEF (winmail.dat) and add its bodies and attached messages to the mail.
-        mail.defects.append("TNEF part (winmail.dat) not decoded")
+        text, html_text = _read_tnef(mail, _payload_bytes(part), limits, depth)
+        texts.append(text)
+        html_texts.append(html_text)
     elif is_attachment:
         return
     elif content_type == "text/plain":
@@ -750,7 +753,16 @@ def _decode_base64_leniently(text: str) -> bytes:
     return base64.b64decode(kept + "=" * (-len(kept) % 4))
 
 
+# An "=" next to another "=", except the last "=" of a run when it starts an
+# escaped byte. Valid quoted-printable never has "==", because each "=" starts
+# an escaped byte ("=3D") or a soft line break.
+_UNENCODED_EQUALS = re.compile(rb"=(?==)|(?<==)=(?![0-9A-Fa-f]{2})")
+
+
 def _payload_bytes(part: Message) -> bytes:
+    unencoded = _decode_unencoded_equals(part)
+    if unencoded is not None:
+        return unencoded
     payload = part.get_payload(decode=True)
     if isinstance(payload, bytes):
         return payload
@@ -758,6 +770,27 @@ def _payload_bytes(part: Message) -> bytes:
     if isinstance(raw, str):
         return raw.encode("utf-8", "surrogateescape")
     return b""
+
+
+def _decode_unencoded_equals(part: Message) -> bytes | None:
+    """Decode a quoted-printable payload that contains "==", keeping each of those "=" signs.
+
+    Senders who paste a tracking code into a quoted-printable body without
+    encoding it leave its padding as "==", which binascii.a2b_qp (used by the
+    email package) decodes to a single "=". Returns None for any other payload,
+    which the email package then decodes as usual.
+    """
+    # The same test of the header as Message.get_payload(decode=True).
+    if str(part.get("content-transfer-encoding", "")).lower() != "quoted-printable":
+        return None
+    raw = part.get_payload()
+    if not isinstance(raw, str) or "==" not in raw:
+        return None
+    try:
+        data = raw.encode("ascii", "surrogateescape")
+    except UnicodeEncodeError:
+        return None
+    return binascii.a2b_qp(_UNENCODED_EQUALS.sub(b"=3D", data))
 
 
 def _part_text(part: Message) -> str:
@@ -831,6 +864,65 @@ def _declared_charset(part: Message) -> str | None:
         return part.get_content_charset()
     except Exception:
         return None
+
+
+# --- TNEF (winmail.dat) -------------------------------------------------
+
+
+def _read_tnef(mail: ParsedMail, data: bytes, limits: _Limits, depth: int) -> tuple[str, str]:
+    """Read a TNEF stream into `mail` and return its plain text and HTML text.
+
+    The stream's defects and attached messages go into `mail`, and so does
+    its subject when `mail` has none.
+    """
+    tnef = read_tnef(data)
+    mail.defects.extend(f"TNEF part: {defect}" for defect in tnef.defects)
+    if not mail.subject:
+        mail.subject = _clean(tnef.subject[:MAX_HEADER_CHARS])
+    text, html = _tnef_bodies(tnef)
+    html_text = _html_text(mail, _clean_body(html), limits) if html else ""
+
+    for index, attachment in enumerate(tnef.attachments):
+        if limits.parts_left <= 0:
+            mail.defects.append(_parts_skipped(len(tnef.attachments) - index, "TNEF attachments"))
+            break
+        limits.parts_left -= 1
+        name = _clean(attachment.name).strip().lower()
+        content, embedded = attachment.data, attachment.embedded
+        if embedded is not None:
+            _add_nested(mail, limits, depth, lambda: _parse_tnef(embedded, limits, depth + 1))
+        elif name.endswith(".msg") or attachment.mime_type in OUTLOOK_TYPES:
+            _add_nested(mail, limits, depth, lambda: _parse_outlook(content, limits, depth + 1))
+        elif name.endswith(".eml") or attachment.mime_type in MESSAGE_TYPES:
+            _add_nested(mail, limits, depth, lambda: _parse_rfc5322(content, limits, depth + 1))
+    return _clean_body(text), html_text
+
+
+def _tnef_bodies(tnef: TnefMessage) -> tuple[str, str]:
+    """Return the plain body and the HTML body, reading the RTF body for a missing one as `_outlook_bodies` does."""
+    text = tnef.text
+    html = _decode_bytes(tnef.html, tnef.html_charset or _html_meta_charset(tnef.html)) if tnef.html else ""
+    if tnef.rtf and not (text and html):
+        is_html, content = rtf_body_content(tnef.rtf)
+        if is_html and not html:
+            html = content
+        elif not is_html and not text:
+            text = content
+    return text, html
+
+
+def _parse_tnef(raw: bytes, limits: _Limits, depth: int) -> ParsedMail:
+    """Parse a message attached inside a TNEF stream, which is a TNEF stream of its own."""
+    # NOTE: its sender, recipients and date are not read, so only its
+    # subject, bodies and attached messages reach the later stages.
+    mail = ParsedMail()
+    try:
+        mail.text, mail.html_text = _read_tnef(mail, raw, limits, depth)
+    except Exception as exc:
+        # read_tnef does not raise, so this is a bug here; the fields read so far are kept.
+        log.exception("Parsing a message attached in TNEF failed, keeping what was read")
+        mail.defects.append(f"parse stopped early: {_describe(exc)}")
+    return mail
 
 
 # --- Outlook .msg -------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+from urllib.parse import quote
 
 import pytest
 
@@ -401,6 +402,103 @@ def test_empty_mail_has_no_candidates() -> None:
     assert find_codes(ParsedMail()) == []
 
 
+# --- Percent-encoded codes in links --------------------------------------------------------
+# Mail templates and link trackers percent-encode the code in a query
+# parameter or path segment, as urllib.parse.quote and most web frameworks do.
+
+
+def test_percent_encoded_padding_found() -> None:
+    text = f"Se tilbudet: https://crm.example/track?code={CODE[:22]}%3D%3D"
+
+    assert in_text(text) == [unlabelled(CODE)]
+
+
+@pytest.mark.parametrize("padding", ["%3d%3d", "%3D=", "=%3D", "%253D%253D"])
+def test_percent_encoded_padding_variants_found(padding: str) -> None:
+    assert in_text(f"https://crm.example/track?code={CODE[:22]}{padding}&lang=no") == [unlabelled(CODE)]
+
+
+@pytest.mark.parametrize("code", [OTHER_CODE, CODE_WITH_3D])
+def test_percent_encoded_slash_and_plus_found(code: str) -> None:
+    # quote() with safe="" encodes "/" as %2F, "+" as %2B and "=" as %3D.
+    text = f"https://crm.example/track?code={quote(code, safe='')}"
+
+    assert in_text(text) == [unlabelled(code)]
+
+
+def test_percent_encoded_base64_letters_found() -> None:
+    encoded = "".join(f"%{ord(char):02X}" for char in CODE)
+
+    assert in_text(f"https://crm.example/track?code={encoded}") == [unlabelled(CODE)]
+
+
+def test_percent_encoded_code_in_path_found() -> None:
+    text = f"https://crm.example/track/{quote(OTHER_CODE, safe='')}/open"
+
+    assert in_text(text) == [unlabelled(OTHER_CODE)]
+
+
+def test_percent_encoded_code_after_label_labelled() -> None:
+    assert in_text(f"Tracking code: {CODE[:22]}%3D%3D.") == [labelled(CODE)]
+
+
+def test_percent_encoded_url_wrapped_over_lines_found() -> None:
+    text = f"<https://crm.example/track?code={CODE[:10]}\n{CODE[10:22]}%3D%3D>"
+
+    assert in_text(text) == [unlabelled(CODE)]
+
+
+def test_safelinks_wrapping_code_url_found() -> None:
+    # Outlook safelinks encode the whole tracked URL again, so the code's
+    # "=" arrives as "%253D".
+    tracked = f"https://crm.example/track?code={quote(CODE_WITH_3D, safe='')}"
+    text = (
+        f"https://eur02.safelinks.protection.outlook.com/?url={quote(tracked, safe='')}"
+        "&data=05%7C02%7Case.odegard%40salg.example%7C8c1f4e2a9b7d4f6e0a3b08dd3a1c5e7f%7C0%7C0"
+        "&sdata=Zm9ZkT3x1qLr8yB0nHc2pV7sWd4eQa6uJ5iXoK9gMbE%3D&reserved=0"
+    )
+
+    assert in_text(text) == [unlabelled(CODE_WITH_3D)]
+
+
+# Links that carry no tracking code but long base64 values, several with
+# percent-encoded "==" padding.
+ORDINARY_LINKS = {
+    "tracking pixel": (
+        "https://px.mailtrack.example/open.gif?d=eyJ1IjoiaHR0cHM6Ly93d3cuZmpvcmRtYXJpbmUuZXhhbXBsZS90aWxidWQiLCJp"
+        "IjoxNzM2ODQ2NTM3fQ%3D%3D&t=1736846537"
+    ),
+    "tracking pixel in path": (
+        "https://px.mailtrack.example/o/eyJ1IjoiaHR0cHM6Ly93d3cuZmpvcmRtYXJpbmUuZXhhbXBsZS90aWxidWQiLCJp"
+        "IjoxNzM2ODQ2NTM3fQ%3D%3D.gif"
+    ),
+    "outlook safelinks": (
+        "https://eur02.safelinks.protection.outlook.com/?url=https%3A%2F%2Fwww.fjordmarine.example%2Fvinterlagring"
+        "%3Futm_source%3Dnyhetsbrev&data=05%7C02%7Case.odegard%40salg.example%7C8c1f4e2a9b7d4f6e0a3b08dd3a1c5e7f"
+        "%7C72f988bf86f141af91ab2d7cd011db47%7C0%7C0%7C638724312345678901%7CUnknown%7CeyJFbXB0eU1hcGkiOnRydWUsIlYi"
+        "OiIwLjAuMDAwMCIsIlAiOiJXaW4zMiIsIkFOIjoiTWFpbCIsIldUIjoyfQ%3D%3D%7C0%7C%7C%7C"
+        "&sdata=Zm9ZkT3x1qLr8yB0nHc2pV7sWd4eQa6uJ5iXoK9gMbE%3D&reserved=0"
+    ),
+    "google redirect": (
+        "https://www.google.com/url?q=https://www.fjordmarine.example/tilbud%3Fref%3Dnyhetsbrev&sa=D"
+        "&source=editors&ust=1736933000000000&usg=AOvVaw3kQ9xZp2Lr7yVt0mBcD5eF"
+    ),
+    "google search result": (
+        "https://www.google.com/url?sa=t&rct=j&q=&esrc=s&source=web&cd=&ved=2ahUKEwjX9a7b8c3dAhVQ1uAKHfZ7BqsQFnoECAgQAQ"
+        "&url=https%3A%2F%2Fwww.fjordmarine.example%2F&usg=AOvVaw0Yp4mZr8sKt2LwQx6NcB3d&opi=89978449"
+    ),
+    "newsletter click": (
+        "https://u1234567.ct.sendgrid.example/ls/click?upn=u001.Xk3QzP9wLm2Rt7Yv5Nb8Cd4Fg6Hj1Kl0Qw3Er5Ty7Ui9Op2As"
+        "4Df6Gh8Jk0Lz%2BXc%2FVb1Nm3%3D%3D-2Bc4De"
+    ),
+}
+
+
+@pytest.mark.parametrize("link", list(ORDINARY_LINKS.values()), ids=list(ORDINARY_LINKS))
+def test_ordinary_link_has_no_candidates(link: str) -> None:
+    assert in_text(f"Les mer her: {link}\n") == []
+
+
 # --- Linear time on hostile input ---------------------------------------------------------
 # No timing asserts: each input is large enough that a quadratic scan would
 # not finish before the suite's timeout.
@@ -468,6 +566,24 @@ def test_many_quote_markers_linear() -> None:
 
 def test_many_zero_width_characters_linear() -> None:
     assert in_text("\u200b" * HUGE) == []
+
+
+def test_many_percent_encoded_equals_linear() -> None:
+    assert in_text("A%3D" * (HUGE // 4)) == []
+
+
+def test_long_percent_25_chain_linear() -> None:
+    assert in_text("%" + "25" * (HUGE // 2) + "Z") == []
+
+
+def test_many_percent_signs_linear() -> None:
+    assert in_text("%25%2" * (HUGE // 5)) == []
+
+
+def test_percent_encoded_base64_without_padding_linear() -> None:
+    blob = quote(base64.b64encode(os.urandom(HUGE * 3 // 8)).decode("ascii"), safe="")
+
+    assert in_text(f"{blob}&code={CODE[:22]}%3D%3D") == [unlabelled(CODE)]
 
 
 # --- Whole messages through the parse stage ------------------------------------------------
@@ -621,6 +737,49 @@ def test_mime_zero_width_space_in_quoted_printable() -> None:
         "Content-Transfer-Encoding: quoted-printable\n"
         "\n"
         "TRACKING CODE: nXmrgOguRZt6=E2=80=8B3tpjM5sSpA=3D=3D\n"
+    )
+
+    assert find_codes(parse(raw)) == [labelled(CODE)]
+
+
+def test_mime_quoted_printable_link_with_percent_encoded_code() -> None:
+    raw = crlf(
+        "From: =?UTF-8?Q?=C3=85se_=C3=98deg=C3=A5rd?= <ase.odegard@salg.example>\n"
+        "To: Kari Nordmann <kari.nordmann@fjordmarine.example>\n"
+        "Subject: Tilbud =?UTF-8?Q?p=C3=A5_vinterlagring?=\n"
+        "Message-ID: <url-1@salg.example>\n"
+        "Date: Wed, 15 Jan 2025 08:12:40 +0100\n"
+        "MIME-Version: 1.0\n"
+        "Content-Type: text/plain; charset=utf-8\n"
+        "Content-Transfer-Encoding: quoted-printable\n"
+        "\n"
+        "Hei Kari,\n"
+        "\n"
+        "Se tilbudet her: https://crm.example/track?code=3D87gnV%2FVSKQga80stcf=\n"
+        "Dvpw%3D%3D\n"
+        "\n"
+        "Hilsen =C3=85se\n"
+    )
+
+    assert find_codes(parse(raw)) == [unlabelled(OTHER_CODE)]
+
+
+def test_mime_quoted_printable_unencoded_padding() -> None:
+    # The sender's template put the code into the quoted-printable body
+    # without encoding its "==" as "=3D=3D".
+    raw = crlf(
+        "From: John Smith <john.smith@northwind.example>\n"
+        "To: =?UTF-8?Q?=C3=85se_=C3=98deg=C3=A5rd?= <ase.odegard@salg.example>\n"
+        "Subject: Order accepted\n"
+        "Message-ID: <qp-padding-1@northwind.example>\n"
+        "Date: Tue, 21 Jan 2025 17:03:29 +0000\n"
+        "MIME-Version: 1.0\n"
+        "Content-Type: text/plain; charset=utf-8\n"
+        "Content-Transfer-Encoding: quoted-printable\n"
+        "\n"
+        "Thank you for your order. We will deliver on =\n"
+        "Monday.\n"
+        "Tracking code: nXmrgOguRZt63tpjM5sSpA==.\n"
     )
 
     assert find_codes(parse(raw)) == [labelled(CODE)]
