@@ -105,6 +105,8 @@ def test_duplicate_gets_second_source(syncd: Syncd, drop: Path) -> None:
     match = next(c for c in correspondence if c["subject"] == original["subject"])
     items = sorted(source["item"].partition("@")[0] for source in match["sources"])
     assert items == ["01-reply-quoted-code-qp.eml", "11-duplicate-of-01.eml"]
+    [status] = syncd.json("status")
+    assert (status["filed"], status["duplicates"]) == (len(correspondence), 1)
 
 
 def test_second_pass_files_nothing_twice(syncd: Syncd, drop: Path) -> None:

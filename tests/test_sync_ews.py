@@ -203,7 +203,7 @@ def test_rejected_credentials_mark_mailbox_failing(server: FakeEwsServer, run: S
     assert status[INGRID]["state"] == "failing"
     assert status[INGRID]["last_error"]
     assert status[LARS]["state"] == "ok"
-    assert status[LARS]["unmatched"] + status[LARS]["filed"] == len(EXPECTED)
+    assert status[LARS]["unmatched"] + status[LARS]["filed"] + status[LARS]["duplicates"] == len(EXPECTED)
 
 
 def test_inbound_forward_filed_as_original(server: FakeEwsServer, run: Syncd) -> None:

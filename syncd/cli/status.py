@@ -39,7 +39,9 @@ def status(app: App, as_json: bool) -> None:
                     "node": owners[mailbox.address][0] if mailbox.address in owners else None,
                     "last_sync": mailbox.last_sync_at.isoformat() if mailbox.last_sync_at else None,
                     "last_success": mailbox.last_success_at.isoformat() if mailbox.last_success_at else None,
-                    "filed": tally["filed"] + tally["duplicate"],
+                    "filed": tally["filed"],
+                    # Another copy of a mail already filed: a second source, not a second filing.
+                    "duplicates": tally["duplicate"],
                     "unmatched": tally["unmatched"],
                     "failed": tally["failed"],
                     "last_error": mailbox.last_error,
@@ -57,7 +59,7 @@ def status(app: App, as_json: bool) -> None:
         click.echo(
             f"{row['mailbox']}  {row['backend']}/{row['role']}  {row['state']}  "
             f"last success {row['last_success'] or 'never'}  "
-            f"filed {row['filed']}, unmatched {row['unmatched']}, failed {row['failed']}"
+            f"filed {row['filed']}, duplicates {row['duplicates']}, unmatched {row['unmatched']}, failed {row['failed']}"
             + (f"  node {row['node']}" if row["node"] else "")
         )
         if row["last_error"]:
