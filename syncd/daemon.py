@@ -18,6 +18,8 @@ import logging
 import random
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
@@ -64,6 +66,9 @@ class Daemon:
         self.backends: dict[str, tuple[tuple[Any, ...], MailboxBackend]] = {}
         self.retired: list[MailboxBackend] = []
         self.lock = threading.Lock()
+        #: Jobs of this daemon running now; the shutdown waits for none.
+        self.jobs_running = 0
+        self.jobs_done = threading.Condition()
         self._build_syncer()
 
     def _build_syncer(self) -> None:
@@ -81,7 +86,7 @@ class Daemon:
         self.scheduler.start()
         self.reconcile()
         self.scheduler.add_job(
-            self.reconcile, IntervalTrigger(seconds=self.settings.sync.enrolment_check_seconds), id="reconcile",
+            self._reconcile_job, IntervalTrigger(seconds=self.settings.sync.enrolment_check_seconds), id="reconcile",
             name="pick up enrolment changes", max_instances=1, coalesce=True,
         )
         log.info(
@@ -101,6 +106,12 @@ class Daemon:
 
         log.info("syncd stopping: finishing the item in hand")
         notify("STOPPING=1", "STATUS=stopping")
+        # shutdown(wait=True) holds the scheduler's job store lock while it
+        # waits for running jobs, and a job that reschedules itself needs that
+        # lock: wait for the jobs first. Jobs started from now on see the
+        # stop and return before they touch the scheduler.
+        with self.jobs_done:
+            self.jobs_done.wait_for(lambda: self.jobs_running == 0)
         self.scheduler.shutdown(wait=True)
         if endpoint is not None:
             endpoint.close()
@@ -111,6 +122,23 @@ class Daemon:
         self.engine.dispose()
         log.info("syncd stopped")
         return 0
+
+    @contextmanager
+    def _job(self) -> Iterator[bool]:
+        """Count a scheduler job as running; yield whether it should go on (false once stopping)."""
+        with self.jobs_done:
+            self.jobs_running += 1
+        try:
+            yield not self.stop.is_set()
+        finally:
+            with self.jobs_done:
+                self.jobs_running -= 1
+                self.jobs_done.notify_all()
+
+    def _reconcile_job(self) -> None:
+        with self._job() as going_on:
+            if going_on:
+                self.reconcile()
 
     def reconcile(self) -> None:
         """Schedule a job for every enabled mailbox and drop jobs of the others."""
@@ -143,8 +171,11 @@ class Daemon:
         return [job.id[len(JOB_PREFIX):] for job in self.scheduler.get_jobs() if job.id.startswith(JOB_PREFIX)]
 
     def _sync_mailbox(self, address: str) -> None:
-        if self.stop.is_set():
-            return
+        with self._job() as going_on:
+            if going_on:
+                self._sync_mailbox_pass(address)
+
+    def _sync_mailbox_pass(self, address: str) -> None:
         try:
             claim = self.leases.acquire(address)
             metrics.lease_held(address, claim.held)

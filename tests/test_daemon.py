@@ -9,12 +9,20 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import FrameType
 
 import pytest
+from cli_runner import SyncdCli
 from fakes.ews_server import FakeEwsServer
+
+from syncd.daemon import Daemon
+from syncd.lease import Claim
+from syncd.settings import load_settings
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "mail"
 SYNCD = [sys.executable, "-m", "syncd"]
@@ -221,3 +229,42 @@ def test_restart_after_a_kill_takes_the_leases_at_once(
     )
 
     assert "stopped nodes removed with their leases: " in stderr
+
+
+def test_stop_waits_for_a_job_that_reschedules_itself(
+    tmp_path: Path, sqlite_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that moves its next run while the daemon stops must not deadlock the scheduler's shutdown."""
+    shutil.copy(sqlite_template, tmp_path / "syncd.db")
+    config = tmp_path / "settings.toml"
+    config.write_text("[sync]\ninterval_seconds = 60\njitter_seconds = 0\n")
+    monkeypatch.setenv("SYNCD_DATABASE_URL", f"sqlite:///{tmp_path / 'syncd.db'}")
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    SyncdCli({"SYNCD_DATABASE_URL": f"sqlite:///{tmp_path / 'syncd.db'}", "SYNCD_CONFIG": str(config)})(
+        "mailbox", "enroll", "ingrid.berg@salg.example", "--backend", "folder", "--path", str(drop)
+    )
+    daemon = Daemon(str(config), load_settings(str(config)))
+    inside = threading.Event()
+
+    def held_elsewhere(_address: str) -> Claim:
+        inside.set()
+        # The main thread begins the shutdown while this job is still running.
+        time.sleep(1.0)
+        return Claim(held=False, owner="elsewhere:1:0", expires_at=datetime.now(UTC) + timedelta(seconds=30))
+
+    monkeypatch.setattr(daemon.leases, "acquire", held_elsewhere)
+    threading.Thread(target=lambda: inside.wait(30) and daemon.stop.set(), daemon=True).start()
+
+    def hung(_signum: int, _frame: FrameType | None) -> None:
+        raise AssertionError("the daemon did not stop within 30 s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        assert daemon.run() == 0
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
