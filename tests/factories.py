@@ -6,12 +6,16 @@ import io
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.utils import format_datetime
 from zoneinfo import ZoneInfo
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 from extract_msg.ole_writer import OleWriter
 
 OSLO = ZoneInfo("Europe/Oslo")
@@ -191,3 +195,19 @@ def _filetime(value: datetime) -> int:
     """Return `value` as a Windows FILETIME: 100-nanosecond ticks since 1601 in UTC."""
     elapsed = value - datetime(1601, 1, 1, tzinfo=UTC)
     return (elapsed.days * 86_400 + elapsed.seconds) * 10_000_000 + elapsed.microseconds * 10
+
+
+def self_signed(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    """Return a self-signed certificate for `key`, valid from yesterday for a year, as an Entra app's would be."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "syncd-kundearkiv-æøå")])
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ import urllib3.util.connection
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from factories import self_signed
 from fakes.ews_server import FakeEwsServer
 from fakes.token_server import FakeTokenServer, TokenFault, TokenRequest
 
@@ -393,21 +392,6 @@ def test_shared_provider_requests_one_token(token_server: FakeTokenServer) -> No
 
 
 CERTIFICATE_CLIENT_ID = "c4b2a0e8-6d4f-4a2c-9e8b-7f6a5b4c3d2e"
-
-
-def self_signed(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "syncd-kundearkiv-æøå")])
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
 
 
 def key_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:

@@ -9,7 +9,6 @@ on SQLite and on PostgreSQL.
 from __future__ import annotations
 
 import base64
-import datetime
 import json
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from cli_runner import SyncdCli
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from factories import self_signed
 from fakes.ews_server import FakeEwsServer
 from fakes.graph_server import FakeGraphServer
 from fakes.token_server import JWT_BEARER_ASSERTION, FakeTokenServer
@@ -39,21 +38,6 @@ CLIENT = "3d6a1f0e-8c2b-4e7d-9a5f-1b0c2d3e4f56"
 CREDENTIAL = "entra-app-cert"
 CREDENTIAL_VARIABLE = "SYNCD_SECRET_ENTRA_APP_CERT"
 SYNC_FOLDER = "CRM-arkiv"
-
-
-def _self_signed(key: rsa.RSAPrivateKey) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "syncd-kundearkiv")])
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
 
 
 def _key_pem(key: rsa.RSAPrivateKey) -> str:
@@ -73,7 +57,7 @@ def app_key() -> rsa.RSAPrivateKey:
 
 @pytest.fixture(scope="module")
 def app_certificate(app_key: rsa.RSAPrivateKey) -> x509.Certificate:
-    return _self_signed(app_key)
+    return self_signed(app_key)
 
 
 @pytest.fixture
