@@ -71,8 +71,9 @@ def describe_error(exc: BaseException) -> str:
     """Return the driver's first line of a database error, e.g. "OperationalError: connection failed: ...".
 
     SQLAlchemy's own message goes on with the SQL statement and its
-    parameters, which hold mail text and addresses; those stay out of
-    logs and stored error details.
+    parameters, which contain mail text and addresses. Only the first line
+    goes into logs and stored error details. Other exceptions are described
+    the same way.
     """
     original = getattr(exc, "orig", None) or exc
     lines = str(original).strip().splitlines()

@@ -230,17 +230,20 @@ class Daemon:
                 for address in self._mailbox_jobs():
                     metrics.lease_held(address, address in self.leases.held)
             except Exception as exc:
-                # A database outage: the passes fail too, and the leases run
-                # out unless the database is back before then.
-                log.error("node %s: could not renew leases: %s: %s", self.leases.node_id, type(exc).__name__, exc)
+                # Most often a database outage, which fails the passes too. The
+                # thread goes on, so the leases live on once the database is back.
+                log.error(
+                    "node %s: lease renewal failed, trying again in %.0f s: %s",
+                    self.leases.node_id, period, db.describe_error(exc),
+                )
 
     def _leave(self) -> None:
         try:
             self.leases.leave()
         except Exception as exc:
             log.error(
-                "node %s: could not hand back leases; they run out in %d s: %s: %s",
-                self.leases.node_id, self.settings.sync.lease_seconds, type(exc).__name__, exc,
+                "node %s: handing back leases failed, so they run out in %d s: %s",
+                self.leases.node_id, self.settings.sync.lease_seconds, db.describe_error(exc),
             )
 
     def _backend(self, address: str) -> MailboxBackend | None:

@@ -1,8 +1,8 @@
 """Mailbox leases: at most one node syncs a mailbox at a time.
 
 Several syncd nodes can share one PostgreSQL database. Each node registers
-in `sync_nodes` and renews a heartbeat there; a node syncs a mailbox only
-while it holds the lease on the mailbox row (`lease_node` and
+in `sync_nodes` and renews a heartbeat there. A node syncs a mailbox only
+while it has the lease on the mailbox row (`lease_node` and
 `lease_expires_at`). A lease is taken with one conditional UPDATE, which
 PostgreSQL re-checks under the row lock, so two nodes racing for a free
 mailbox cannot both win. A node that dies stops renewing and its leases run
@@ -14,9 +14,9 @@ divided by the live nodes, the remainder one each to the first nodes) and
 hands back the rest, so the mailboxes spread out when nodes join.
 
 SQLite has no server to coordinate through, so a SQLite store accepts one
-node and refuses a second with a message saying so.
+node and rejects a second with a message saying so.
 
-Lease times come from each node's clock; nodes must keep their clocks in
+Lease times come from each node's clock, so nodes must keep their clocks in
 step (NTP), well within the lease time.
 """
 
@@ -51,10 +51,10 @@ class LeaseLostError(SyncdError):
 
 @dataclass(frozen=True)
 class Claim:
-    """The outcome of a lease request.
+    """Outcome of a lease request.
 
-    When `held` is false, `owner` and `expires_at` name the node that holds
-    the mailbox and when its lease runs out; both are None when the mailbox
+    When `held` is false, `owner` and `expires_at` name the node that has
+    the mailbox and when its lease runs out. Both are None when the mailbox
     is free and this node is at its fair share.
     """
 
@@ -155,8 +155,9 @@ class Leases:
     def acquire(self, address: str) -> Claim:
         """Take or renew the lease on mailbox `address` unless this node is at its fair share.
 
-        A refused claim names the holder, so that the caller can come back
-        when its lease runs out; a dead holder also leaves its share free.
+        A rejected claim names the holder, so that the caller can come back
+        when its lease runs out. By then a dead holder has also left its
+        share free.
         """
         if self.balance and address not in self.held and len(self.held) >= self.fair_share():
             return self._holder(address)
@@ -258,9 +259,9 @@ class Leases:
     def fair_share(self) -> int:
         """Return how many mailboxes this node may hold.
 
-        The enabled mailboxes are divided among the live nodes; the remainder
-        goes one each to the first nodes in id order, so that 4 mailboxes on
-        3 nodes split 2, 1, 1 rather than 2, 2, 0.
+        The enabled mailboxes are divided among the live nodes, and the
+        remainder goes one each to the first nodes in id order. So 4
+        mailboxes on 3 nodes split 2, 1, 1 rather than 2, 2, 0.
         """
         now = self.clock()
         with self.sessions() as session:

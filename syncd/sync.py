@@ -100,7 +100,7 @@ class Counts:
 
 @dataclass
 class PassRun:
-    """What every step of one pass over one mailbox needs."""
+    """State of one pass over one mailbox, shared by the steps of the pass."""
 
     address: str
     backend: MailboxBackend

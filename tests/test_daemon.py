@@ -186,7 +186,7 @@ def test_daemon_refuses_uninitialised_database(tmp_path: Path) -> None:
     assert done.stderr.strip().endswith("is not initialised or is outdated: run `syncd db upgrade`")
 
 
-def test_second_daemon_on_sqlite_is_refused(tmp_path: Path, notify_socket: NotifySocket, sqlite_template: Path) -> None:
+def test_second_sqlite_daemon_rejected(tmp_path: Path, notify_socket: NotifySocket, sqlite_template: Path) -> None:
     shutil.copy(sqlite_template, tmp_path / "syncd.db")
     env = _daemon_env(f"sqlite:///{tmp_path / 'syncd.db'}", tmp_path, notify_socket)
     first = subprocess.Popen([*SYNCD, "run"], env=env, stderr=subprocess.PIPE, text=True)
@@ -206,7 +206,7 @@ def test_second_daemon_on_sqlite_is_refused(tmp_path: Path, notify_socket: Notif
     assert first.returncode == 0
 
 
-def test_restart_after_a_kill_takes_the_leases_at_once(
+def test_restart_after_kill_takes_leases(
     tmp_path: Path, notify_socket: NotifySocket, sqlite_template: Path
 ) -> None:
     shutil.copy(sqlite_template, tmp_path / "syncd.db")
@@ -231,7 +231,7 @@ def test_restart_after_a_kill_takes_the_leases_at_once(
     assert "stopped nodes removed with their leases: " in stderr
 
 
-def test_stop_waits_for_a_job_that_reschedules_itself(
+def test_stop_waits_for_rescheduling_job(
     tmp_path: Path, sqlite_template: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A job that moves its next run while the daemon stops must not deadlock the scheduler's shutdown."""

@@ -784,21 +784,21 @@ def test_import_mbox_without_messages_reported(store_url: str, tmp_path: Path, g
     assert f"Error: {garbage}: no message found: an mbox file starts each message with a 'From ' line" in stderr
 
 
-def test_database_error_keeps_mail_text_out_of_detail_and_log(
+def test_database_error_detail_omits_mail_text(
     sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     add_fjord(sessions)
     secret_line = "Personnummer 010203 12345"
     raw = make_mail(subject=f"Tracking code: {CODE}.", text=secret_line, sender=f"Kari <{KARI}>")
 
-    def refuse(*_args: object, **_kwargs: object) -> None:
+    def fail_insert(*_args: object, **_kwargs: object) -> None:
         raise DataError(
             "INSERT INTO correspondence (subject, body_text) VALUES (%(subject)s, %(body)s)",
             {"subject": "Tracking code", "body": secret_line},
             ValueError("value too long for type character varying(255)"),
         )
 
-    monkeypatch.setattr("syncd.pipeline.record_filed", refuse)
+    monkeypatch.setattr("syncd.pipeline.record_filed", fail_insert)
     result, source = process(Pipeline(sessions, LimitSettings()), raw, "database-error")
 
     found = kept(sessions, source)

@@ -52,7 +52,7 @@ def _node(
     )
 
 
-def test_one_node_at_a_time_holds_a_mailbox(sessions: sessionmaker[Session], clock: Clock) -> None:
+def test_lease_one_holder_at_a_time(sessions: sessionmaker[Session], clock: Clock) -> None:
     [address] = _enrol(sessions, 1)
     first, second = _node(sessions, clock, pid=1, hostname="a"), _node(sessions, clock, pid=2, hostname="b")
     first.join()
@@ -66,7 +66,7 @@ def test_one_node_at_a_time_holds_a_mailbox(sessions: sessionmaker[Session], clo
     assert refused.expires_at == clock.now + timedelta(seconds=LEASE)
 
 
-def test_a_lease_that_runs_out_moves_to_another_node(sessions: sessionmaker[Session], clock: Clock) -> None:
+def test_lease_expired_moves_to_other_node(sessions: sessionmaker[Session], clock: Clock) -> None:
     [address] = _enrol(sessions, 1)
     first, second = _node(sessions, clock, pid=1, hostname="a"), _node(sessions, clock, pid=2, hostname="b")
     first.join()
@@ -83,7 +83,7 @@ def test_a_lease_that_runs_out_moves_to_another_node(sessions: sessionmaker[Sess
     assert address not in first.held
 
 
-def test_renewal_keeps_the_lease(sessions: sessionmaker[Session], clock: Clock) -> None:
+def test_lease_renewal_keeps_it(sessions: sessionmaker[Session], clock: Clock) -> None:
     [address] = _enrol(sessions, 1)
     first, second = _node(sessions, clock, pid=1, hostname="a"), _node(sessions, clock, pid=2, hostname="b")
     first.join()
@@ -98,7 +98,7 @@ def test_renewal_keeps_the_lease(sessions: sessionmaker[Session], clock: Clock) 
     first.renew(address)
 
 
-def test_leaving_hands_back_every_lease(sessions: sessionmaker[Session], clock: Clock) -> None:
+def test_leave_releases_every_lease(sessions: sessionmaker[Session], clock: Clock) -> None:
     addresses = _enrol(sessions, 3)
     first, second = _node(sessions, clock, pid=1, hostname="a"), _node(sessions, clock, pid=2, hostname="b")
     first.join()
@@ -113,7 +113,7 @@ def test_leaving_hands_back_every_lease(sessions: sessionmaker[Session], clock: 
         assert list(session.scalars(select(SyncNode.id))) == [second.node_id]
 
 
-def test_a_dead_process_on_the_same_host_loses_its_leases_at_once(
+def test_join_frees_dead_local_process_leases(
     sessions: sessionmaker[Session], clock: Clock
 ) -> None:
     [address] = _enrol(sessions, 1)
@@ -127,7 +127,7 @@ def test_a_dead_process_on_the_same_host_loses_its_leases_at_once(
     assert restarted.acquire(address).held
 
 
-def test_a_live_process_on_the_same_host_keeps_its_leases(sessions: sessionmaker[Session], clock: Clock) -> None:
+def test_join_keeps_live_local_process_leases(sessions: sessionmaker[Session], clock: Clock) -> None:
     [address] = _enrol(sessions, 1)
     first = _node(sessions, clock, pid=1, hostname="a")
     first.join()
@@ -139,7 +139,7 @@ def test_a_live_process_on_the_same_host_keeps_its_leases(sessions: sessionmaker
     assert not second.acquire(address).held
 
 
-def test_nodes_split_the_mailboxes_by_fair_share(sessions: sessionmaker[Session], clock: Clock) -> None:
+def test_fair_share_splits_mailboxes(sessions: sessionmaker[Session], clock: Clock) -> None:
     addresses = _enrol(sessions, 10)
     first = _node(sessions, clock, pid=1, hostname="a")
     first.join()
@@ -158,10 +158,12 @@ def test_nodes_split_the_mailboxes_by_fair_share(sessions: sessionmaker[Session]
     assert len(first.held) == 4
     assert busy in first.held
     assert sorted([*first.held, *second.held, *third.held]) == addresses
-    assert not first.held & second.held and not second.held & third.held and not first.held & third.held
+    assert not first.held & second.held
+    assert not second.held & third.held
+    assert not first.held & third.held
 
 
-def test_a_remainder_goes_one_each_to_the_first_nodes(sessions: sessionmaker[Session], clock: Clock) -> None:
+def test_fair_share_spreads_remainder(sessions: sessionmaker[Session], clock: Clock) -> None:
     addresses = _enrol(sessions, 4)
     nodes = [_node(sessions, clock, pid=pid, hostname=f"host{pid}") for pid in range(3)]
     for node in nodes:
@@ -174,7 +176,7 @@ def test_a_remainder_goes_one_each_to_the_first_nodes(sessions: sessionmaker[Ses
     assert sorted(len(node.held) for node in nodes) == [1, 1, 2]
 
 
-def test_a_node_at_its_share_learns_when_a_dead_holder_frees_the_mailbox(
+def test_full_share_reports_holder_expiry(
     sessions: sessionmaker[Session], clock: Clock
 ) -> None:
     [address] = _enrol(sessions, 1)
@@ -191,7 +193,7 @@ def test_a_node_at_its_share_learns_when_a_dead_holder_frees_the_mailbox(
     assert taken.held
 
 
-def test_a_node_at_its_share_takes_no_more(sessions: sessionmaker[Session], clock: Clock) -> None:
+def test_full_share_takes_no_more(sessions: sessionmaker[Session], clock: Clock) -> None:
     addresses = _enrol(sessions, 4)
     first, second = _node(sessions, clock, pid=1, hostname="a"), _node(sessions, clock, pid=2, hostname="b")
     first.join()
@@ -204,7 +206,7 @@ def test_a_node_at_its_share_takes_no_more(sessions: sessionmaker[Session], cloc
     assert refused == type(refused)(held=False)
 
 
-def test_disabled_mailboxes_are_handed_back(sessions: sessionmaker[Session], clock: Clock) -> None:
+def test_heartbeat_releases_disabled_mailboxes(sessions: sessionmaker[Session], clock: Clock) -> None:
     [address] = _enrol(sessions, 1)
     node = _node(sessions, clock, pid=1)
     node.join()
@@ -219,7 +221,7 @@ def test_disabled_mailboxes_are_handed_back(sessions: sessionmaker[Session], clo
         assert lease_owners(session, clock.now) == {}
 
 
-def test_a_stalled_node_registers_again(sessions: sessionmaker[Session], clock: Clock) -> None:
+def test_heartbeat_reregisters_stalled_node(sessions: sessionmaker[Session], clock: Clock) -> None:
     stalled = _node(sessions, clock, pid=1, hostname="a")
     stalled.join()
     clock.advance(LEASE + 1)
@@ -231,7 +233,7 @@ def test_a_stalled_node_registers_again(sessions: sessionmaker[Session], clock: 
         assert stalled.node_id in set(session.scalars(select(SyncNode.id)))
 
 
-def test_racing_nodes_never_share_a_mailbox(sessions: sessionmaker[Session], clock: Clock) -> None:
+def test_acquire_race_has_one_winner(sessions: sessionmaker[Session], clock: Clock) -> None:
     addresses = _enrol(sessions, 20)
     nodes = [_node(sessions, clock, pid=pid, hostname=f"host{pid}") for pid in range(4)]
     for node in nodes:
@@ -258,7 +260,7 @@ def test_racing_nodes_never_share_a_mailbox(sessions: sessionmaker[Session], clo
         assert {address for address, (owner, _) in owners.items() if owner == node.node_id} == node.held
 
 
-def test_sqlite_refuses_a_second_node(tmp_path: Path, sqlite_template: Path) -> None:
+def test_sqlite_rejects_second_node(tmp_path: Path, sqlite_template: Path) -> None:
     path = tmp_path / "syncd.db"
     shutil.copy(sqlite_template, path)
     sessions = db.session_factory(db.create_store_engine(f"sqlite:///{path}"))
@@ -274,7 +276,7 @@ def test_sqlite_refuses_a_second_node(tmp_path: Path, sqlite_template: Path) -> 
     assert "PostgreSQL" in str(refused.value)
 
 
-def test_process_alive_tells_a_zombie_from_a_running_process() -> None:
+def test_process_alive_zombie_is_dead() -> None:
     child = subprocess.Popen(["sleep", "30"])
     try:
         assert process_alive(child.pid)
@@ -291,7 +293,7 @@ def test_process_alive_tells_a_zombie_from_a_running_process() -> None:
     assert not process_alive(child.pid)
 
 
-def test_sync_once_skips_a_mailbox_another_node_syncs(
+def test_sync_once_skips_leased_mailbox(
     store_url: str, sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
     drop = tmp_path / "drop"

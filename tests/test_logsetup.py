@@ -175,7 +175,7 @@ def test_bad_log_format_rejected(tmp_path: Path) -> None:
     assert "SYNCD_LOG_FORMAT" in line
 
 
-def test_json_lines_of_a_pass_name_mailbox_and_item(store_url: str, tmp_path: Path) -> None:
+def test_json_pass_lines_carry_context(store_url: str, tmp_path: Path) -> None:
     drop = tmp_path / "drop"
     drop.mkdir()
     (drop / "reply.eml").write_bytes((SAMPLES / "mail" / "01-reply-quoted-code-qp.eml").read_bytes())
@@ -195,5 +195,7 @@ def test_json_lines_of_a_pass_name_mailbox_and_item(store_url: str, tmp_path: Pa
     entries = [json.loads(line) for line in stream.getvalue().splitlines()]
     [done] = [entry for entry in entries if ": pass done in " in entry["message"]]
     [filed] = [entry for entry in entries if " filed from " in entry["message"]]
-    assert done["mailbox"] == MAILBOX and "item" not in done
-    assert filed["mailbox"] == MAILBOX and filed["item"].startswith("reply.eml")
+    assert done["mailbox"] == MAILBOX
+    assert "item" not in done
+    assert filed["mailbox"] == MAILBOX
+    assert filed["item"].startswith("reply.eml")

@@ -41,13 +41,13 @@ def nodes(store_url: str, tmp_path: Path) -> Iterator[tuple[dict[str, str], list
         node.stop(signal.SIGKILL)
 
 
-def _wait(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+def _wait(condition: Callable[[], bool], description: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
         time.sleep(0.2)
-    raise AssertionError(f"not within {timeout} s: {what}")
+    raise AssertionError(f"not within {timeout} s: {description}")
 
 
 def _drop(drop_dirs: list[Path], round_: int) -> None:
@@ -60,7 +60,7 @@ def _drop(drop_dirs: list[Path], round_: int) -> None:
         (drop / f"mail-{round_}.eml").write_bytes(mail)
 
 
-def test_three_nodes_share_fifty_mailboxes_and_take_over_from_a_killed_one(
+def test_three_nodes_survive_a_kill(
     store_url: str, nodes: tuple[dict[str, str], list[Node], Path]
 ) -> None:
     env, started, tmp_path = nodes

@@ -3,8 +3,8 @@
 EWS and Graph write categories the same way: append the missing names to
 the categories last read, and make the write conditional on the version of
 that read (an EWS change key, a Graph entity tag). When another client
-changed the item in between, the server refuses the write; the item is read
-and written again, for a bounded number of rounds. The protocols differ
+changed the item in between, the server rejects the write, and the item is
+read and written again, for a bounded number of rounds. The protocols differ
 only in how they read and write, which each backend passes in.
 """
 
@@ -64,7 +64,7 @@ def write_in_rounds(
 
     `cached` holds categories read with the items' content; each is used
     once and removed, so a second round reads afresh. `write` returns the
-    ids whose write the server refused because the item had changed.
+    ids whose write the server rejected because the item had changed.
     """
     for _ in range(CATEGORY_WRITE_ROUNDS):
         if not pending:

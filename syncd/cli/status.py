@@ -50,9 +50,9 @@ def status(app: App, as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
-    held = Counter(node for node, _ in owners.values())
+    leases_per_node = Counter(node for node, _ in owners.values())
     for node, seen_at in nodes:
-        click.echo(f"node {node}: leases {held[node]}, last heartbeat {seen_at:%Y-%m-%d %H:%M:%S} UTC")
+        click.echo(f"node {node}: leases {leases_per_node[node]}, last heartbeat {seen_at:%Y-%m-%d %H:%M:%S} UTC")
     if not rows:
         click.echo("no mailboxes enrolled")
     for row in rows:
