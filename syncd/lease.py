@@ -109,9 +109,10 @@ class Leases:
         self.alive = alive
         # A one-off `syncd sync --once` takes whatever lease is free.
         self.balance = balance
-        #: Mailboxes this node holds; job threads and the heartbeat change it under `_lock`.
+        #: Mailboxes this node has leased. Job threads and the heartbeat change
+        #: it, and the lease rows, under `_lock`.
         self.held: set[str] = set()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def join(self) -> None:
         """Register this node; clear what dead nodes on this host left behind.
@@ -159,29 +160,31 @@ class Leases:
         when its lease runs out. By then a dead holder has also left its
         share free.
         """
-        if self.balance and address not in self.held and len(self.held) >= self.fair_share():
-            return self._holder(address)
-
-        now = self.clock()
-        with self.sessions() as session, session.begin():
-            taken = _changed(
-                session,
-                update(Mailbox)
-                .where(
-                    Mailbox.address == address,
-                    or_(
-                        Mailbox.lease_node.is_(None),
-                        Mailbox.lease_node == self.node_id,
-                        Mailbox.lease_expires_at < now,
-                    ),
-                )
-                .values(lease_node=self.node_id, lease_expires_at=now + self.lease),
-            )
-        if not taken:
-            self._forget(address)
-            return self._holder(address)
-
+        # Under the lock, so that a heartbeat handing the mailbox back cannot
+        # interleave with taking it again and leave a lease that nobody knows.
         with self._lock:
+            if self.balance and address not in self.held and len(self.held) >= self.fair_share():
+                return self._holder(address)
+
+            now = self.clock()
+            with self.sessions() as session, session.begin():
+                taken = _changed(
+                    session,
+                    update(Mailbox)
+                    .where(
+                        Mailbox.address == address,
+                        or_(
+                            Mailbox.lease_node.is_(None),
+                            Mailbox.lease_node == self.node_id,
+                            Mailbox.lease_expires_at < now,
+                        ),
+                    )
+                    .values(lease_node=self.node_id, lease_expires_at=now + self.lease),
+                )
+            if not taken:
+                self._forget(address)
+                return self._holder(address)
+
             if address not in self.held:
                 log.info("mailbox %s: lease taken by node %s", address, self.node_id, extra={"mailbox": address})
             self.held.add(address)
@@ -205,16 +208,16 @@ class Leases:
         chosen = sorted(addresses)
         if not chosen:
             return
-        for address in chosen:
-            log.info("mailbox %s: lease released by node %s", address, self.node_id, extra={"mailbox": address})
-        with self.sessions() as session, session.begin():
-            session.execute(
-                update(Mailbox)
-                .where(Mailbox.address.in_(chosen), Mailbox.lease_node == self.node_id)
-                .values(lease_node=None, lease_expires_at=None)
-                .execution_options(synchronize_session=False)
-            )
         with self._lock:
+            for address in chosen:
+                log.info("mailbox %s: lease released by node %s", address, self.node_id, extra={"mailbox": address})
+            with self.sessions() as session, session.begin():
+                session.execute(
+                    update(Mailbox)
+                    .where(Mailbox.address.in_(chosen), Mailbox.lease_node == self.node_id)
+                    .values(lease_node=None, lease_expires_at=None)
+                    .execution_options(synchronize_session=False)
+                )
             self.held.difference_update(chosen)
 
     def heartbeat(self, busy: Iterable[str] = ()) -> None:
